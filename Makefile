@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv with pip on
+# first use (reused afterwards while pyproject.toml is unchanged) and installs the project into it.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench-train bench-score clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	set -o pipefail; $(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vehicle-ray demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
+
+bench-train: $(STAMP)
+	$(PY) bench/bench_train.py
+
+bench-score: $(STAMP)
+	$(PY) bench/bench_score.py
+
+clean:
+	rm -rf demo_output bench_output

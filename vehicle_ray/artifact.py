@@ -1,0 +1,169 @@
+"""The model artifact: a self-contained directory that scoring can trust without unpickling.
+
+    export.pkl         fastai learn.export (load_learner), for notebooks and --allow-pickle
+    model.safetensors  the weights, no pickle
+    model.onnx         the same network for ONNX Runtime (the fast CPU scoring backend)
+    model.json         arch, classes in order, input size/resize/normalisation, augmentation and
+                       TTA defaults, validation metrics, library versions, sha256 of every file
+    metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
+
+model.json is written last and the directory is moved into place in one rename, so a reader never
+sees a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_model
+
+from vehicle_ray.errors import InputError
+from vehicle_ray.recipe import Recipe
+
+MODEL_JSON = "model.json"
+EXPORT_PKL = "export.pkl"
+WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
+METRICS_CSV = "metrics.csv"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import fastai
+    import ray
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "fastai": fastai.__version__, "ray": ray.__version__}
+
+
+def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
+    """Trace the eval-mode network to ONNX with a dynamic batch axis (TorchScript exporter: no onnxscript)."""
+    model = model.eval().float().cpu()
+    dummy = torch.zeros(2, 3, size, size)
+    torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                      opset_version=17)
+
+
+def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], history: list[dict[str, Any]]) -> dict:
+    """Write every artifact file of a trained learner into `directory` (which must exist and be empty)."""
+    learn.export(directory / EXPORT_PKL)
+    model = learn.model.eval()
+    save_model(model, str(directory / WEIGHTS))
+    export_onnx(model, recipe.size, directory / ONNX)
+    pd.DataFrame(history).to_csv(directory / METRICS_CSV, index=False)
+    files = {name: sha256_file(directory / name) for name in (EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV)}
+    final = {k: v for k, v in (history[-1] if history else {}).items()
+             if k not in ("stage", "epoch", "n_epochs", "lr", "seconds")}
+    normalize = None
+    if recipe.normalize == "imagenet":
+        from fastai.vision.core import imagenet_stats
+
+        normalize = {"mean": list(imagenet_stats[0]), "std": list(imagenet_stats[1])}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_id": f"{recipe.arch}-{files[WEIGHTS][:12]}",
+        "model_sha256": files[WEIGHTS],
+        "arch": recipe.arch,
+        "classes": list(classes),
+        "input": {"size": recipe.size, "resize_method": recipe.resize_method, "channels": 3,
+                  "normalize": normalize},
+        "augmentation": {k: getattr(recipe, k) for k in
+                         ("do_flip", "flip_vert", "max_rotate", "max_lighting", "max_warp", "max_zoom")},
+        "tta": {"n": recipe.tta_n, "beta": recipe.tta_beta},
+        "metrics": final,
+        "recipe": recipe.to_dict(),
+        "versions": library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+    }
+    (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def publish(source: Path, out: Path, overwrite: bool = False) -> None:
+    """Copy a finished artifact directory to `out` atomically: copy beside it, then one rename."""
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, staging)
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, trash)
+        os.replace(staging, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staging, out)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact directory: its model.json plus paths."""
+
+    directory: Path
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def size(self) -> int:
+        return self.meta["input"]["size"]
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+
+def open_artifact(directory: str | Path, verify: tuple[str, ...] = (WEIGHTS,)) -> Artifact:
+    """Read model.json and check the sha256 of the files about to be used."""
+    d = Path(directory)
+    meta_path = d / MODEL_JSON
+    if not meta_path.is_file():
+        raise InputError(f"not a model directory (no {MODEL_JSON}): {directory}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{meta_path} has format_version {meta.get('format_version')}; this vehicle_ray reads {FORMAT_VERSION}")
+    for name in verify:
+        expected = meta["files"].get(name)
+        if expected is None or not (d / name).is_file():
+            raise InputError(f"model directory {directory} lacks {name}")
+        if sha256_file(d / name) != expected:
+            raise InputError(f"{d / name} does not match the sha256 in {MODEL_JSON}: refusing a tampered or partial model")
+    return Artifact(directory=d, meta=meta)
+
+
+def load_torch_model(artifact: Artifact) -> torch.nn.Module:
+    """Rebuild the fastai vision model from model.json and load the safetensors weights (no pickle)."""
+    from fastai.vision.learner import create_vision_model
+
+    from vehicle_ray.learner import arch_fn
+
+    model = create_vision_model(arch_fn(artifact.meta["arch"]), len(artifact.classes), pretrained=False)
+    model.load_state_dict(load_file(str(artifact.path(WEIGHTS))))
+    return model.eval()

@@ -1,0 +1,159 @@
+"""`vehicle-ray` command line: one subcommand per stage, each a thin shell over a library function.
+
+InputError → one line on stderr and exit code 2; anything else propagates (exit 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from vehicle_ray.errors import InputError
+
+
+class Group(click.Group):
+    """Turns InputError from any subcommand into `Error: ...` and exit code 2, with no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def column(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def csv_options(f: Callable) -> Callable:
+    f = click.option("--label-col", default="1", show_default=True,
+                     help="Label column: a name or a 0-based index.")(f)
+    f = click.option("--fn-col", default="0", show_default=True,
+                     help="File-name column (relative to --images): a name or a 0-based index.")(f)
+    f = click.option("--images", required=True, help="Image root: a directory or a URI (s3://...).")(f)
+    f = click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
+                     help="Labeled CSV (file name + label).")(f)
+    return f
+
+
+_RECIPE_OPTIONS = [
+    click.option("--config", help="TOML recipe file, or a bundled name: emergency_vehicles, tiny_cpu. "
+                 "Default: the seed recipe (emergency_vehicles)."),
+    click.option("--arch", help="torchvision architecture known to fastai (resnet18, resnet50, ...)."),
+    click.option("--size", type=int, help="Input size in pixels (square)."),
+    click.option("--bs", type=int, help="Batch size per worker."),
+    click.option("--lr", help="Peak learning rate of every stage, or 'auto' (lr_find's valley)."),
+    click.option("--epochs", type=int, help="One one-cycle stage of N epochs (replaces the recipe's stages)."),
+    click.option("--freeze-epochs", type=int, help="Frozen epochs before --epochs (default 1 when pretrained)."),
+    click.option("--pretrained/--no-pretrained", default=None, help="Start from ImageNet weights."),
+    click.option("--weights", type=click.Path(dir_okay=False), help="torchvision state_dict file (air-gapped clusters)."),
+    click.option("--valid-pct", type=float, help="Validation fraction."),
+    click.option("--seed", type=int, help="Seed for the split, init and shuffles."),
+    click.option("--flip/--no-flip", "do_flip", default=None, help="Horizontal flips."),
+    click.option("--flip-vert/--no-flip-vert", "flip_vert", default=None, help="Vertical flips (and dihedral)."),
+    click.option("--max-rotate", type=float, help="Max rotation in degrees (0 turns it off)."),
+    click.option("--max-lighting", type=float, help="Max lighting change."),
+    click.option("--max-warp", type=float, help="Max perspective warp."),
+]
+
+
+def recipe_options(f: Callable) -> Callable:
+    for option in reversed(_RECIPE_OPTIONS):
+        f = option(f)
+    return f
+
+
+def build_recipe(config: str | None, lr: str | None, epochs: int | None, freeze_epochs: int | None, **fields: Any):
+    """The recipe from --config plus flag overrides; returns (recipe, lr_is_auto)."""
+    from vehicle_ray.recipe import load_recipe
+
+    auto = lr == "auto"
+    lr_value = None
+    if lr is not None and not auto:
+        try:
+            lr_value = float(lr)
+        except ValueError:
+            raise InputError(f"--lr must be a number or 'auto' (got {lr!r})") from None
+    recipe = load_recipe(config).with_overrides(epochs=epochs, freeze_epochs=freeze_epochs, lr=lr_value, **fields)
+    return recipe, auto
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """vehicle_ray: the fastai emergency-vehicle recipe as a Ray Train / Ray Data batch system.
+
+    Runs in local single-node mode by default; set RAY_ADDRESS (or use `ray job submit`)
+    to run on a cluster.
+    """
+
+
+@cli.command("sample-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--train", "n_train", default=400, show_default=True, help="Number of labeled training images.")
+@click.option("--test", "n_test", default=100, show_default=True, help="Number of test images.")
+@click.option("--size", default=64, show_default=True, help="Image size in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same files).")
+def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -> None:
+    """Write procedural sample data in the seed's layout: OUT/train.csv, OUT/test.csv,
+    OUT/test_labels.csv and OUT/images/*.jpg."""
+    from vehicle_ray.sample_data import write_sample_data
+
+    counts = write_sample_data(out, train=n_train, test=n_test, size=size, seed=seed)
+    click.echo(f"wrote {counts.train} training and {counts.test} test images to {out}")
+
+
+@cli.command("train")
+@csv_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model artifact directory to write.")
+@recipe_options
+@click.option("--workers", default=1, show_default=True, help="Ray Train workers (data-parallel ranks).")
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="One GPU per worker (NCCL) or CPU (gloo).")
+@click.option("--cpus-per-worker", type=float, help="CPUs per worker [default: the cluster's CPUs / workers].")
+@click.option("--storage-path", help="Where checkpoints and run state go (a URI on multi-node clusters) [default: ~/ray_results].")
+@click.option("--name", help="Run name; rerun with the same --storage-path and --name to resume.")
+@click.option("--max-failures", default=0, show_default=True, help="Worker-group restarts allowed (each resumes from the last checkpoint).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, workers: int, use_gpu: bool,
+              cpus_per_worker: float | None, storage_path: str | None, name: str | None, max_failures: int,
+              overwrite: bool, **recipe_flags: Any) -> None:
+    """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
+    from vehicle_ray.train import train
+
+    recipe, auto = build_recipe(**recipe_flags)
+    if auto:
+        from vehicle_ray.lr_find import find_lr
+
+        suggestion = find_lr(csv_path, images, None, recipe, column(fn_col), column(label_col))
+        recipe = recipe.with_overrides(lr=suggestion.valley)
+        click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
+    result = train(csv_path, images, out, recipe, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                   storage_path=storage_path, name=name, max_failures=max_failures, fn_col=column(fn_col),
+                   label_col=column(label_col), overwrite=overwrite)
+    shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+    click.echo(f"model written to {result.out} ({shown}) in {result.seconds:.1f}s")
+
+
+@cli.command("lr-find")
+@csv_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for lr_find.png and lr_find.json.")
+@recipe_options
+@click.option("--unfrozen", is_flag=True, help="Run on the unfrozen model (as the seed does after its first stage).")
+def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, unfrozen: bool,
+                **recipe_flags: Any) -> None:
+    """Run fastai's lr_find (single process, in a Ray task): plot and suggestions."""
+    from vehicle_ray.lr_find import find_lr
+
+    recipe, _ = build_recipe(**recipe_flags)
+    s = find_lr(csv_path, images, out, recipe, column(fn_col), column(label_col), unfrozen=unfrozen)
+    click.echo(f"valley={s.valley:.2e} slide={s.slide:.2e} minimum={s.minimum:.2e} steep={s.steep:.2e}; "
+               f"wrote {out}/lr_find.png and {out}/lr_find.json")
+
+
+def main() -> None:
+    cli(prog_name="vehicle-ray")
+
+
+if __name__ == "__main__":
+    main()

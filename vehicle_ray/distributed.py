@@ -1,0 +1,134 @@
+"""The fastai ↔ Ray Train glue: a Callback that makes a plain fastai fit data-parallel on Ray's
+process group (gloo on CPU, nccl on GPU), and reports/checkpoints every epoch.
+
+fastai's own `distrib_ctx` cannot be used here: it needs `accelerate` and CUDA for its index broadcast.
+Ray Train has already created the process group, so all we add is:
+
+* DDP around the model for the duration of each fit (wrapped in before_fit, unwrapped in after_fit so
+  freeze/unfreeze, export and checkpoints see the plain model);
+* a sharded training DataLoader: every rank draws the same permutation from (seed, stage, epoch) and
+  takes a disjoint stride of it, padded so that all ranks run the same number of batches (DDP hangs
+  otherwise) — no broadcast needed;
+* validation on the full validation set on every rank (under no_grad DDP does no collectives), so the
+  metrics are exactly what a single process would report;
+* `ray.train.report` from every rank every epoch, with a checkpoint from rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from fastai.callback.core import Callback
+from fastai.data.core import TfmdDL
+from fastai.learner import save_model
+from torch.nn.parallel import DistributedDataParallel
+
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "learner.pth"
+
+
+@dataclass
+class EpochShard:
+    """`get_idxs` for a fastai DataLoader: this rank's disjoint share of an epoch permutation all ranks agree on."""
+
+    n: int
+    rank: int
+    world_size: int
+    seed: int
+    stage: int = 0
+    epoch: int = 0
+
+    @property
+    def shard_len(self) -> int:
+        return -(-self.n // self.world_size)
+
+    def __call__(self) -> list[int]:
+        perm = np.random.default_rng((self.seed, self.stage, self.epoch)).permutation(self.n)
+        padded = np.resize(perm, self.shard_len * self.world_size)  # repeats the start to pad
+        return padded[self.rank::self.world_size].tolist()
+
+
+def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdDL:
+    """A copy of fastai's training DataLoader that iterates only this rank's shard."""
+    shard = EpochShard(n=len(dl.dataset), rank=rank, world_size=world_size, seed=seed)
+    return dl.new(get_idxs=shard, n=shard.shard_len, shuffle=True, drop_last=dl.drop_last)
+
+
+@dataclass
+class Position:
+    """Where a run stands: `epoch` epochs of stage `stage` are done (resume starts at epoch `epoch`)."""
+
+    stage: int = 0
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RayTrainCallback(Callback):
+    """Data-parallel fit on Ray Train's process group, with per-epoch report and checkpoint.
+
+    `report(metrics, checkpoint_dir)` is `ray.train.report` in production; it is injected so that the
+    callback's logic can be exercised outside a Ray Train worker.
+    """
+
+    order = 60  # after Recorder (50): its final_record holds this epoch's losses and metrics
+
+    def __init__(self, rank: int, world_size: int, stage: int, skip_to: int, position: Position,
+                 report: Callable[[dict[str, Any], str | None], None], device: torch.device):
+        self.rank, self.world_size, self.stage, self.skip_to = rank, world_size, stage, skip_to
+        self.position, self._report, self.device = position, report, device
+
+    def before_fit(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.learn.model = DistributedDataParallel(self.learn.model, device_ids=ids)
+        self._t0 = time.perf_counter()
+
+    def after_fit(self) -> None:
+        if isinstance(self.learn.model, DistributedDataParallel):
+            self.learn.model = self.learn.model.module
+
+    def before_epoch(self) -> None:
+        shard = getattr(self.dls.train, "get_idxs", None)
+        if isinstance(shard, EpochShard):
+            shard.stage, shard.epoch = self.stage, self.epoch
+        self._t0 = time.perf_counter()
+
+    def after_epoch(self) -> None:
+        if self.epoch < self.skip_to:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
+            return
+        names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
+        metrics = {n: float(v) for n, v in zip(names, self.learn.final_record)}
+        metrics.update(stage=self.stage + 1, epoch=self.epoch + 1, n_epochs=self.n_epoch,
+                       lr=float(self.opt.hypers[-1]["lr"]), seconds=round(time.perf_counter() - self._t0, 3))
+        self.position.stage, self.position.epoch = self.stage, self.epoch + 1
+        self.position.history.append(metrics)
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="vehicle_ray_ckpt_") as tmp:
+                write_checkpoint(Path(tmp), self.learn, self.position)
+                self._report(metrics, tmp)
+        else:
+            self._report(metrics, None)
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def write_checkpoint(directory: Path, learn, position: Position) -> None:
+    """Weights + optimizer state (fastai's save_model format) and the run position as JSON."""
+    save_model(directory / WEIGHTS_FILE, unwrapped(learn.model), learn.opt, with_opt=True)
+    (directory / STATE_FILE).write_text(json.dumps(
+        {"stage": position.stage, "epoch": position.epoch, "history": position.history}))
+
+
+def read_position(directory: Path) -> Position:
+    state = json.loads((directory / STATE_FILE).read_text())
+    return Position(stage=state["stage"], epoch=state["epoch"], history=state["history"])

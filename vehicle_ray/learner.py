@@ -1,0 +1,114 @@
+"""Recipe + LabeledSet → fastai DataLoaders and a vision_learner, the same way on every path.
+
+Training workers, lr-find and the plain-fastai benchmark all build their learner here, so "the fastai
+recipe" means one thing. Pretrained weights are always loaded explicitly into the body (from
+torchvision's download/cache, or from --weights), so an offline cluster gets one clear error.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.core import DataLoaders
+from fastai.data.transforms import ColReader, IndexSplitter, Normalize
+from fastai.learner import Learner
+from fastai.metrics import F1Score, accuracy, error_rate
+from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+from fastai.vision.core import imagenet_stats
+from fastai.vision.data import ImageBlock
+from fastai.vision.learner import create_body, model_meta, vision_learner
+from fasttransform import Transform
+
+from vehicle_ray.data import FN, LABEL, LabeledSet
+from vehicle_ray.errors import InputError
+from vehicle_ray.recipe import Recipe
+
+_RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
+
+
+def arch_fn(name: str):
+    """The torchvision constructor for an architecture name, with fastai's metadata (cut, splitter)."""
+    fn = getattr(torchvision.models, name, None)
+    if fn is None or fn not in model_meta:
+        known = sorted(f.__name__ for f in model_meta if getattr(torchvision.models, f.__name__, None) is f)
+        raise InputError(f"unknown --arch {name!r}; fastai knows: {', '.join(known)}")
+    return fn
+
+
+def recipe_metrics(recipe: Recipe) -> list:
+    table = {"accuracy": accuracy, "error_rate": error_rate, "f1_macro": F1Score(average="macro")}
+    return [table[m] for m in recipe.metrics]
+
+
+def augment_transforms(recipe: Recipe) -> list[Transform]:
+    """The batch transforms of training: fastai's aug_transforms from the recipe's knobs, then Normalize."""
+    tfms = aug_transforms(
+        do_flip=recipe.do_flip, flip_vert=recipe.flip_vert, max_rotate=recipe.max_rotate,
+        max_lighting=recipe.max_lighting, max_warp=recipe.max_warp, max_zoom=recipe.max_zoom,
+    )
+    if recipe.normalize == "imagenet":
+        tfms.append(Normalize.from_stats(*imagenet_stats))
+    return tfms
+
+
+def build_dataloaders(
+    data: LabeledSet, recipe: Recipe, valid_idx: np.ndarray, device: torch.device | None = None
+) -> DataLoaders:
+    """fastai DataLoaders for a local image root (fastai reads files by path: pure-fastai export.pkl)."""
+    if not data.root.is_local:
+        raise InputError(f"training reads images from a local or shared filesystem; {data.root.uri} is not one")
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
+        get_x=ColReader(FN, pref=data.root.base + "/"),
+        get_y=ColReader(LABEL),
+        splitter=IndexSplitter(valid_idx.tolist()),
+        item_tfms=Resize(recipe.size, method=_RESIZE[recipe.resize_method]),
+        batch_tfms=augment_transforms(recipe),
+    )
+    return block.dataloaders(data.items, bs=recipe.bs, num_workers=0, device=device or torch.device("cpu"))
+
+
+def pretrained_state_dict(recipe: Recipe) -> dict[str, torch.Tensor] | None:
+    """The ImageNet weights for the recipe's arch: --weights PATH, else torchvision's download/cache."""
+    if not recipe.pretrained:
+        return None
+    if recipe.weights:
+        path = Path(recipe.weights)
+        if not path.is_file():
+            raise InputError(f"--weights file not found: {recipe.weights}")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise InputError(f"--weights {recipe.weights} is not a torch state_dict: {exc}") from exc
+    weights = torchvision.models.get_model_weights(recipe.arch).DEFAULT
+    try:
+        return weights.get_state_dict(progress=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise InputError(
+            f"cannot download pretrained {recipe.arch} weights ({type(exc).__name__}: {exc}); "
+            "pass --weights PATH to a torchvision state_dict, or --no-pretrained"
+        ) from exc
+
+
+def build_learner(
+    dls: DataLoaders, recipe: Recipe, state_dict: dict[str, torch.Tensor] | None = None
+) -> Learner:
+    """fastai vision_learner for the recipe, with `state_dict` (torchvision layout) loaded into its body.
+
+    Normalisation is part of the DataBlock (augment_transforms), so vision_learner must not add its own.
+    """
+    arch = arch_fn(recipe.arch)
+    learn = vision_learner(dls, arch, pretrained=False, normalize=False, metrics=recipe_metrics(recipe))
+    if state_dict is not None:
+        source = arch(weights=None)
+        try:
+            source.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise InputError(f"--weights do not fit {recipe.arch}: {str(exc).splitlines()[0]}") from exc
+        learn.model[0].load_state_dict(create_body(source, cut=model_meta[arch]["cut"]).state_dict())
+    return learn

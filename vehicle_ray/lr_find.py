@@ -1,0 +1,74 @@
+"""fastai's learning-rate finder, run single-process in a Ray task (it deadlocks under DDP).
+
+The task returns the plot as PNG bytes and the suggestions, so the driver writes the files wherever
+it runs, whichever node did the work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+
+from vehicle_ray.cluster import init_ray
+from vehicle_ray.data import LabeledSet, check_split, read_labeled_csv, split_indices
+from vehicle_ray.errors import InputError
+from vehicle_ray.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class LrSuggestions:
+    valley: float
+    slide: float
+    minimum: float
+    steep: float
+
+
+def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfrozen: bool) -> tuple[dict, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    from vehicle_ray.learner import build_dataloaders, build_learner
+
+    learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe, state_dict)
+    if recipe.pretrained and not unfrozen:
+        learn.freeze()
+    with learn.no_bar():
+        found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
+    fig = plt.gcf()
+    fig.axes[0].set_title(f"lr_find: {recipe.arch} @ {recipe.size}px, {'unfrozen' if unfrozen or not recipe.pretrained else 'frozen'}")
+    fig.axes[0].legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return {k: float(v) for k, v in found._asdict().items()}, buf.getvalue()
+
+
+def find_lr(csv: str | Path, images: str | Path, out: str | Path | None, recipe: Recipe,
+            fn_col: str | int = 0, label_col: str | int = 1, unfrozen: bool = False) -> LrSuggestions:
+    """Run lr_find in one Ray task; write lr_find.png and lr_find.json to `out` when given."""
+    from vehicle_ray.learner import pretrained_state_dict
+
+    data = read_labeled_csv(csv, images, fn_col, label_col)
+    train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    check_split(data, train_idx)
+    state_dict = pretrained_state_dict(recipe)
+    resources = init_ray()
+    task = ray.remote(num_cpus=max(1, int(resources.get("CPU", 1))))(_run_lr_find)
+    values, png = ray.get(task.remote(data, recipe, valid_idx, state_dict, unfrozen))
+    if not all(math.isfinite(v) and v > 0 for v in values.values()):
+        raise InputError(f"lr_find produced no usable suggestion ({values}); the loss may have diverged at once")
+    suggestions = LrSuggestions(**values)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lr_find.png").write_bytes(png)
+        (out / "lr_find.json").write_text(json.dumps(asdict(suggestions), indent=2) + "\n")
+    return suggestions
