@@ -151,6 +151,38 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
                f"wrote {out}/lr_find.png and {out}/lr_find.json")
 
 
+@cli.command("score")
+@click.option("--model", required=True, help="Model artifact directory (or an export.pkl with --allow-pickle).")
+@click.option("--input", "source", required=True,
+              help="Images: a directory (recursive), a URI (s3://bucket/prefix) or a CSV listing (with --images).")
+@click.option("--images", help="Root directory the file names of a CSV --input are relative to.")
+@click.option("--fn-col", default="0", show_default=True, help="File-name column of a CSV --input (name or index).")
+@click.option("--output", required=True, help="Output directory or URI (predictions/, errors/, summary.json).")
+@click.option("--glob", help="Pattern for the files to score, relative to --input (default: image extensions).")
+@click.option("--tta-n", type=int, help="Augmented passes [default: model.json's, 4].")
+@click.option("--tta-beta", type=float, help="Weight of the plain pass [default: model.json's, 0.25].")
+@click.option("--tta-max", is_flag=True, help="Take the max over passes instead of the mean (fastai use_max).")
+@click.option("--no-tta", is_flag=True, help="Plain pass only.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per model batch (and per decode batch).")
+@click.option("--actors", type=int, help="Model actors [default: from the cluster's CPUs/GPUs].")
+@click.option("--cpus-per-actor", type=float, help="CPUs reserved per actor (also its thread count).")
+@click.option("--gpus-per-actor", default=0.0, show_default=True, help="GPUs per actor (0: CPU actors).")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.")
+@click.option("--max-pixels", default=100_000_000, show_default=True, help="Larger images go to errors/ (decompression bombs).")
+@click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
+@click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl (runs code from the file).")
+def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: str, allow_pickle: bool,
+              **options: Any) -> None:
+    """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
+    from vehicle_ray.score import ScoreOptions, score
+
+    summary = score(model, source, output, images=images, allow_pickle=allow_pickle,
+                    opts=ScoreOptions(fn_col=column(fn_col), **options))
+    click.echo(summary.line())
+
+
 def main() -> None:
     cli(prog_name="vehicle-ray")
 

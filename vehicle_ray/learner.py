@@ -28,7 +28,7 @@ from vehicle_ray.data import FN, LABEL, LabeledSet
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
 
-_RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
+_RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop}
 
 
 def arch_fn(name: str):

@@ -78,8 +78,8 @@ class Recipe:
         for i, s in enumerate(self.stages):
             if s.epochs < 1 or s.lr <= 0 or (s.lr_min is not None and not 0 < s.lr_min <= s.lr):
                 problems.append(f"stage {i + 1} needs epochs >= 1 and 0 < lr_min <= lr (got {s})")
-        if self.resize_method not in ("squish", "crop", "pad"):
-            problems.append(f"resize_method must be squish, crop or pad (got {self.resize_method!r})")
+        if self.resize_method not in ("squish", "crop"):
+            problems.append(f"resize_method must be squish or crop (got {self.resize_method!r})")
         if self.normalize not in ("imagenet", "none"):
             problems.append(f"normalize must be imagenet or none (got {self.normalize!r})")
         unknown = set(self.metrics) - set(METRIC_NAMES)

@@ -63,7 +63,7 @@ def _vehicle(rng: random.Random, img: Image.Image, emergency: bool) -> None:
     r = max(2, h // 5)
     for cx in (x0 + w // 5, x0 + 4 * w // 5):
         draw.ellipse([cx - r, y0 + h - r, cx + r, y0 + h + r], fill=(15, 15, 15))
-    bar_h = max(2, h // 8)
+    bar_h = max(3, h // 6)
     if emergency:
         mid = (cab_x0 + cab_x1) // 2
         left, right = ((255, 20, 20), (20, 60, 255)) if rng.random() < 0.5 else ((20, 60, 255), (255, 20, 20))

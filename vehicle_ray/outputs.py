@@ -1,0 +1,127 @@
+"""The scoring output directory (local or URI) and its commit protocol.
+
+    OUT/predictions/run=<run_id>/*.parquet   one hive partition per run
+    OUT/errors/run=<run_id>/*.parquet
+    OUT/_runs/<run_id>.json                  the commit record: a run exists only once this exists
+    OUT/_staging/<run_id>/                   work in progress, never read by anyone else
+    OUT/summary.json                         the latest run's summary
+
+A run writes everything under _staging, moves its two partitions into place and then writes its
+commit record. A run killed at any point leaves either staging files or partitions without a commit
+record; the next run deletes both before it looks at what is done, so nothing half-written is ever
+counted and an --incremental rerun completes the set exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from vehicle_ray.errors import InputError
+
+PREDICTIONS, ERRORS, RUNS, STAGING, SUMMARY = "predictions", "errors", "_runs", "_staging", "summary.json"
+
+
+def path_hashes(paths) -> np.ndarray:
+    """64-bit hashes of path strings: the done-set costs 8 bytes a file, not a Python string."""
+    return pd.util.hash_array(np.asarray(paths, dtype=object)).astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class OutputStore:
+    uri: str
+    fs: pafs.FileSystem
+    base: str
+
+    @classmethod
+    def open(cls, output: str | Path) -> OutputStore:
+        text = str(output)
+        try:
+            if "://" in text:
+                fs, base = pafs.FileSystem.from_uri(text)
+            else:
+                fs, base = pafs.LocalFileSystem(), str(Path(text).resolve())
+            info = fs.get_file_info(base)
+        except (pafs.ArrowException, OSError, ValueError) as exc:
+            raise InputError(f"cannot open output {text}: {exc}") from exc
+        if info.type == pafs.FileType.File:
+            raise InputError(f"output {text} is a file, not a directory")
+        fs.create_dir(base, recursive=True)
+        return cls(uri=text, fs=fs, base=base.rstrip("/"))
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    def _children(self, *parts: str) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
+
+    def committed_runs(self) -> set[str]:
+        return {Path(i.path).stem for i in self._children(RUNS) if i.path.endswith(".json")}
+
+    def remove_uncommitted(self) -> list[str]:
+        """Delete what crashed runs left behind: staging dirs and partitions without a commit record."""
+        committed, removed = self.committed_runs(), []
+        for info in self._children(STAGING):
+            self.fs.delete_dir(info.path)
+            removed.append(info.path)
+        for kind in (PREDICTIONS, ERRORS):
+            for info in self._children(kind):
+                name = posixpath.basename(info.path)
+                if info.type == pafs.FileType.Directory and name.removeprefix("run=") not in committed:
+                    self.fs.delete_dir(info.path)
+                    removed.append(info.path)
+        return removed
+
+    def clear(self) -> None:
+        for kind in (PREDICTIONS, ERRORS, RUNS, STAGING):
+            if self.fs.get_file_info(self.path(kind)).type == pafs.FileType.Directory:
+                self.fs.delete_dir(self.path(kind))
+        if self.fs.get_file_info(self.path(SUMMARY)).type == pafs.FileType.File:
+            self.fs.delete_file(self.path(SUMMARY))
+
+    def _committed_files(self, kind: str) -> list[str]:
+        committed = self.committed_runs()
+        files = []
+        for part in self._children(kind):
+            if posixpath.basename(part.path).removeprefix("run=") in committed:
+                files += [i.path for i in self.fs.get_file_info(pafs.FileSelector(part.path, recursive=True))
+                          if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+        return files
+
+    def done_hashes(self) -> np.ndarray:
+        """Sorted hashes of every path already in a committed run (predictions or errors)."""
+        chunks = [np.empty(0, dtype=np.uint64)]
+        for kind in (PREDICTIONS, ERRORS):
+            files = self._committed_files(kind)
+            if files:
+                for batch in pads.dataset(files, filesystem=self.fs, format="parquet").to_batches(columns=["path"]):
+                    chunks.append(path_hashes(batch.column(0).to_pylist()))
+        return np.sort(np.concatenate(chunks))
+
+    def iter_committed(self, kind: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        files = self._committed_files(kind)
+        if files:
+            for batch in pads.dataset(files, filesystem=self.fs, format="parquet").to_batches(columns=columns):
+                yield batch.to_pandas()
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> None:
+        with self.fs.open_output_stream(self.path(name)) as f:
+            f.write((json.dumps(payload, indent=2) + "\n").encode())
+
+    def commit(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Move the staged partitions into place, then write the commit record and the summary."""
+        for kind in (PREDICTIONS, ERRORS):
+            self.fs.create_dir(self.path(kind), recursive=True)
+            self.fs.move(self.path(STAGING, run_id, kind), self.path(kind, f"run={run_id}"))
+        self.fs.create_dir(self.path(RUNS), recursive=True)
+        self.write_json(posixpath.join(RUNS, f"{run_id}.json"), summary)
+        self.write_json(SUMMARY, summary)
+        self.fs.delete_dir(self.path(STAGING, run_id))

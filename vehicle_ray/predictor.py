@@ -1,0 +1,173 @@
+"""The model side of scoring: what to load, on which backend, and the Ray Data actor that runs it.
+
+Two sources: a vehicle_ray artifact (model.json + safetensors/ONNX, sha256-verified, never unpickled)
+or, with --allow-pickle, any fastai export.pkl (its augmentation and input size come from the learner).
+Backends: ONNX Runtime on CPU (about twice eager PyTorch's speed on CPU), eager PyTorch (bf16 autocast
+on GPU, channels_last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from vehicle_ray.artifact import EXPORT_PKL, ONNX, WEIGHTS, load_torch_model, open_artifact, sha256_file
+from vehicle_ray.errors import InputError
+from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
+
+BACKENDS = ("auto", "onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the driver knows about the model before any actor starts (decode needs size and resize)."""
+
+    directory: Path
+    allow_pickle: bool
+    classes: list[str]
+    size: int
+    resize_method: str
+    model_id: str
+    model_sha256: str
+    tta_defaults: TTASettings
+    has_onnx: bool
+
+
+def _pickle_learner(directory: Path):
+    from fastai.learner import load_learner
+
+    path = directory / EXPORT_PKL if directory.is_dir() else directory
+    if not path.is_file():
+        raise InputError(f"no {EXPORT_PKL} at {directory}")
+    try:
+        return path, load_learner(path, cpu=True)
+    except Exception as exc:  # unpickling raises anything
+        raise InputError(f"cannot load fastai learner {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _learner_resize(learn) -> tuple[int, str]:
+    from fastai.vision.augment import Resize, ResizeMethod
+
+    resizes = [t for t in learn.dls.after_item.fs if isinstance(t, Resize)]
+    if not resizes:
+        raise InputError("the exported learner has no Resize item transform: cannot tell the input size")
+    r = resizes[0]
+    return int(r.size[0]), "squish" if r.method == ResizeMethod.Squish else "crop"
+
+
+def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
+    """Read (and verify) the model's description on the driver."""
+    directory = Path(model)
+    if not directory.exists():
+        raise InputError(f"model not found: {model}")
+    if directory.is_dir() and (directory / "model.json").is_file():
+        art = open_artifact(directory)
+        tta = art.meta["tta"]
+        return ModelSpec(directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
+                         resize_method=art.meta["input"]["resize_method"], model_id=art.meta["model_id"],
+                         model_sha256=art.meta["model_sha256"], tta_defaults=TTASettings(tta["n"], tta["beta"]),
+                         has_onnx=ONNX in art.meta["files"])
+    if not allow_pickle:
+        raise InputError(f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
+                         "(unpickling runs code from the file: only for models you trust)")
+    path, learn = _pickle_learner(directory)
+    size, method = _learner_resize(learn)
+    sha = sha256_file(path)
+    return ModelSpec(directory=path, allow_pickle=True, classes=[str(c) for c in learn.dls.vocab], size=size,
+                     resize_method=method, model_id=f"fastai-export-{sha[:12]}", model_sha256=sha,
+                     tta_defaults=TTASettings(), has_onnx=False)
+
+
+def _onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run(None, {"image": np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        return torch.from_numpy(logits)
+
+    return forward
+
+
+def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    model = model.eval().to(device).to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model(torch.as_tensor(x)).float().cpu()
+
+    return forward
+
+
+class Predictor:
+    """Ray Data actor: loads the model once, then turns decoded batches into prediction rows."""
+
+    def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1):
+        use_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        torch.set_num_threads(threads)
+        if spec.allow_pickle:
+            _, learn = _pickle_learner(spec.directory)
+            transforms = list(learn.dls.after_batch.fs)
+            model = learn.model
+            self.forward = _torch_forward(model, self.device)
+        else:
+            art = open_artifact(spec.directory, verify=(WEIGHTS, ONNX) if spec.has_onnx else (WEIGHTS,))
+            transforms = artifact_batch_transforms(art.meta)
+            if backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx):
+                if not spec.has_onnx:
+                    raise InputError(f"--backend onnx: {spec.directory} has no {ONNX}")
+                self.forward = _onnx_forward(art.path(ONNX), threads)
+            else:
+                self.forward = _torch_forward(load_torch_model(art), self.device)
+        if self.device.type == "cuda":
+            for t in transforms:
+                if hasattr(t, "to"):
+                    t.to(self.device)
+        self.plain, self.aug = batch_pipelines(transforms)
+        self.spec, self.tta = spec, tta
+        self.classes = np.array(spec.classes, dtype=object)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["path"])
+        errors = [str(e) for e in batch["error"]]
+        ok = np.array([e == "" for e in errors], dtype=bool)
+        probs = np.zeros((n, len(self.classes)), dtype=np.float32)
+        if ok.any():
+            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
+            probs[ok] = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta).cpu().numpy()
+        best = probs.argmax(axis=1)
+        columns = {
+            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+            "label": pa.array(self.classes[best], pa.string(), mask=~ok),
+            "confidence": pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
+            "probabilities": pa.array([p.tolist() if good else None for p, good in zip(probs, ok)],
+                                      pa.list_(pa.float32())),
+            "error": pa.array([e or None for e in errors], pa.string()),
+            "model_id": pa.array([self.spec.model_id] * n, pa.string()),
+            "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
+            **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
+        }
+        return pa.table(columns)
+
+
+def artifact_batch_transforms(meta: dict[str, Any]) -> list:
+    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize."""
+    from fastai.data.transforms import IntToFloatTensor
+
+    from vehicle_ray.learner import augment_transforms
+    from vehicle_ray.recipe import recipe_from_dict
+
+    return [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
+
