@@ -183,6 +183,17 @@ def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: 
     click.echo(summary.line())
 
 
+@cli.command("demo")
+@click.option("--out", default="demo_output", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the demo's data, model and scores (replaced).")
+@click.option("--workers", default=2, show_default=True, help="Ray Train workers.")
+def demo_cmd(out: str, workers: int) -> None:
+    """Run the whole pipeline on generated sample data in local single-node mode."""
+    from vehicle_ray.demo import run_demo
+
+    run_demo(out, workers=workers)
+
+
 def main() -> None:
     cli(prog_name="vehicle-ray")
 

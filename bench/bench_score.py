@@ -1,0 +1,128 @@
+"""Scoring throughput: `vehicle-ray score` (TTA n=4) vs plain fastai `learn.tta`, same model and files.
+
+Whole-process wall time of each (median of --repeats), plus the "forward bound": the eager fp32
+forward passes alone (5 per image) on pre-decoded batches. Ratios > 1 mean vehicle-ray is faster.
+Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the dump.
+
+    .venv/bin/python bench/bench_score.py [--images 600] [--size 224] [--repeats 3] [--memory]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_model(out: Path, size: int) -> None:
+    """A resnet18 artifact at `size` px (weights trained for one short epoch: timing does not care)."""
+    from vehicle_ray.artifact import write_artifact
+    from vehicle_ray.data import read_labeled_csv, split_indices
+    from vehicle_ray.learner import build_dataloaders, build_learner
+    from vehicle_ray.recipe import load_recipe
+    from vehicle_ray.sample_data import write_sample_data
+
+    write_sample_data(out / "train", train=64, test=0, size=size, seed=1)
+    recipe = load_recipe("tiny_cpu").with_overrides(size=size)
+    data = read_labeled_csv(out / "train" / "train.csv", out / "train" / "images")
+    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1, 1e-3)
+    (out / "model").mkdir()
+    write_artifact(out / "model", learn, recipe, data.classes, [])
+
+
+def rss_sampler(stop: threading.Event, peak: list[int]) -> None:
+    """Peak of the summed RSS of every process whose command line mentions ray (or the scorer)."""
+    while not stop.is_set():
+        total = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"ray" in cmd or b"vehicle_ray" in cmd:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        peak[0] = max(peak[0], total)
+        time.sleep(0.5)
+
+
+def timed(cmd: list[str], measure_memory: bool = False) -> tuple[float, int]:
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=rss_sampler, args=(stop, peak), daemon=True)
+    if measure_memory:
+        sampler.start()
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    stop.set()
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{(r.stdout + r.stderr)[-3000:]}")
+    return wall, peak[0]
+
+
+def main() -> None:
+    from vehicle_ray.sample_data import write_sample_data
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_score_"))
+    make_model(work, args.size)
+    write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
+    images, model = work / "dump" / "images", work / "model"
+    py = sys.executable
+    walls = {"vehicle_ray": [], "fastai_tta": []}
+    bounds = []
+    for i in range(args.repeats):
+        out = work / f"out{i}"
+        walls["vehicle_ray"].append(timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model),
+                                           "--input", str(images), "--output", str(out)])[0])
+        walls["fastai_tta"].append(timed([py, str(HERE / "plain_fastai_tta.py"), str(model), str(images),
+                                          str(args.threads)])[0])
+        r = subprocess.run([py, str(HERE / "forward_bound.py"), str(model), str(images), str(args.threads)],
+                           capture_output=True, text=True, check=True)
+        bounds.append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
+        print(f"repeat {i + 1}: vehicle-ray {walls['vehicle_ray'][-1]:.1f}s, fastai tta {walls['fastai_tta'][-1]:.1f}s, "
+              f"forward bound {bounds[-1]:.1f}s", flush=True)
+    n = args.images
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    bound = statistics.median(bounds)
+    result = {
+        "images": n, "size": args.size, "repeats": args.repeats, "threads": args.threads,
+        "median_wall_s": {**med, "forward_bound": bound},
+        "images_per_s": {k: round(n / v, 2) for k, v in {**med, "forward_bound": bound}.items()},
+        "speedup_vs_fastai_tta": round(med["fastai_tta"] / med["vehicle_ray"], 3),
+        "speedup_vs_forward_bound": round(bound / med["vehicle_ray"], 3),
+    }
+    if args.memory:
+        big = work / "dump10x" / "images"
+        big.mkdir(parents=True)
+        for k in range(10):
+            for f in images.iterdir():
+                os.link(f, big / f"{k}_{f.name}")
+        small_peak = timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model), "--input", str(images),
+                            "--output", str(work / "mem1")], measure_memory=True)[1]
+        big_peak = timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model), "--input", str(big),
+                          "--output", str(work / "mem10")], measure_memory=True)[1]
+        result["peak_rss_mb"] = {"1x": round(small_peak / 2**20), "10x": round(big_peak / 2**20),
+                                 "ratio": round(big_peak / small_peak, 3)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

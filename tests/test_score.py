@@ -1,0 +1,219 @@
+"""Batch TTA scoring with real Ray Data, real models and real Parquet files."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import run_cli
+from vehicle_ray.artifact import EXPORT_PKL
+from vehicle_ray.score import ScoreOptions, score
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def read(out, kind="predictions"):
+    return pd.read_parquet(out / kind) if (out / kind).exists() and any((out / kind).rglob("*.parquet")) \
+        else pd.DataFrame(columns=["path"])
+
+
+def test_directory_input_end_to_end(trained_model, sample_dir, tmp_path, ray_local):
+    images = tmp_path / "test_images"
+    images.mkdir()
+    truth = pd.read_csv(sample_dir / "test_labels.csv", dtype=str)
+    for name in truth["image_names"]:
+        shutil.copy(sample_dir / "images" / name, images / name)
+    summary = score(trained_model, images, tmp_path / "out")
+    predictions = read(tmp_path / "out")
+    assert summary.scored == len(truth) == len(predictions) and summary.errors == 0
+    assert {"path", "label", "confidence", "probabilities", "model_id", "model_sha256", "tta_n", "tta_beta"} <= set(predictions.columns)
+    assert predictions["path"].is_unique
+    assert set(predictions["label"]) <= {"0", "1"}
+    probs = np.stack(predictions["probabilities"].to_numpy())
+    assert probs.shape == (len(truth), 2) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert np.allclose(probs.max(1), predictions["confidence"], atol=1e-6)
+    truth["path"] = [str(images / n) for n in truth["image_names"]]
+    joined = truth.merge(predictions, on="path")
+    assert (joined["label"] == joined["emergency_or_not"]).mean() >= 0.9
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_nested_directories_and_csv_listing(trained_model, sample_dir, tmp_path, ray_local):
+    nested = tmp_path / "dump"
+    names = sorted(p.name for p in (sample_dir / "images").glob("*.jpg"))[:30]
+    for i, name in enumerate(names):
+        target = nested / f"day{i % 3}" / f"cam{i % 2}"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_dir / "images" / name, target / name.replace(".jpg", ".JPG" if i % 5 == 0 else ".jpg"))
+    (nested / "day0" / "notes.txt").write_text("not an image")
+    s = score(trained_model, nested, tmp_path / "nested", opts=ScoreOptions(no_tta=True))
+    assert (s.scored, s.errors) == (30, 0)
+    assert all(p.startswith(str(nested)) for p in read(tmp_path / "nested")["path"])
+
+    s = score(trained_model, sample_dir / "test.csv", tmp_path / "csv", images=sample_dir / "images",
+              opts=ScoreOptions(no_tta=True))
+    assert (s.scored, s.errors) == (100, 0)
+
+
+def _fastai_test_dl(trained_model, files):
+    from fastai.learner import load_learner
+
+    learn = load_learner(trained_model / EXPORT_PKL, cpu=True)
+    return learn, learn.dls.test_dl([str(f) for f in files])
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_no_tta_equals_fastai_get_preds(trained_model, sample_dir, tmp_path, ray_local, backend):
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:120]
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"f": [f.name for f in files]}).to_csv(listing, index=False)
+    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images",
+          opts=ScoreOptions(no_tta=True, backend=backend))
+    ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
+    learn, dl = _fastai_test_dl(trained_model, files)
+    theirs, _ = learn.get_preds(dl=dl)
+    diff = np.abs(np.stack(ours["probabilities"].to_numpy()) - theirs.numpy())
+    assert diff.max() <= 1e-4, diff.max()
+
+
+def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_local):
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:200]
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"f": [f.name for f in files]}).to_csv(listing, index=False)
+    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images", opts=ScoreOptions())
+    ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
+    learn, dl = _fastai_test_dl(trained_model, files)
+    torch.manual_seed(0)
+    theirs, _ = learn.tta(dl=dl, n=4, beta=0.25)
+    ours_p = np.stack(ours["probabilities"].to_numpy())
+    agree = (ours_p.argmax(1) == theirs.numpy().argmax(1)).mean()
+    assert agree >= 0.99, agree
+    assert np.abs(ours_p - theirs.numpy()).mean() <= 0.02
+
+
+def _jpeg(img, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_odd_and_broken_files_are_each_accounted_for_once(trained_model, sample_dir, tmp_path, ray_local):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    good = Image.open(sample_dir / "images" / "1000.jpg").convert("RGB")
+    good_bytes = _jpeg(good)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    broken = {
+        "zero.jpg": b"",
+        "truncated.jpg": good_bytes[: len(good_bytes) // 3],
+        "text.jpg": b"hello, I am not a picture\n",
+        "page.png": b"<!doctype html><html><body>404</body></html>",
+        "garbage.webp": os.urandom(2048),
+        "bomb.png": _png(Image.new("RGB", (3000, 3000))),
+    }
+    odd = {
+        "gray.png": _png(good.convert("L")),
+        "rgba.png": _png(good.convert("RGBA")),
+        "palette.png": _png(good.convert("P")),
+        "cmyk.jpg": _jpeg(good.convert("CMYK")),
+        "sixteen.png": _png(Image.fromarray((np.asarray(good.convert("L"), dtype=np.uint16) * 257))),
+        "tiny.bmp": (lambda b: (good.resize((1, 1)).save(b, format="BMP"), b.getvalue())[1])(io.BytesIO()),
+        "wide.webp": (lambda b: (good.resize((400, 10)).save(b, format="WEBP"), b.getvalue())[1])(io.BytesIO()),
+        "rotated.jpg": _jpeg(good, exif=exif.tobytes()),
+        "upper.TIFF": (lambda b: (good.save(b, format="TIFF"), b.getvalue())[1])(io.BytesIO()),
+    }
+    for name, data in {**broken, **odd}.items():
+        (dump / name).write_bytes(data)
+    (dump / "readme.txt").write_text("skipped: not an image extension")
+    r = run_cli("score", "--model", str(trained_model), "--input", str(dump), "--output", str(tmp_path / "out"),
+                "--max-pixels", "4000000", "--tta-n", "2")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    predictions, errors = read(tmp_path / "out"), read(tmp_path / "out", "errors")
+    assert sorted(os.path.basename(p) for p in predictions["path"]) == sorted(odd)
+    assert sorted(os.path.basename(p) for p in errors["path"]) == sorted(broken)
+    reasons = dict(zip((os.path.basename(p) for p in errors["path"]), errors["error"]))
+    assert reasons["zero.jpg"] == "empty file (0 bytes)"
+    assert "too large" in reasons["bomb.png"]
+    assert "not an image" in reasons["text.jpg"] and "not an image" in reasons["page.png"]
+    assert "truncated" in reasons["truncated.jpg"] or "corrupt" in reasons["truncated.jpg"]
+    assert "scored 9 of 15 files (6 errors" in r.stdout
+
+
+def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, tmp_path):
+    dump, out = tmp_path / "dump", tmp_path / "out"
+    dump.mkdir()
+    all_files = sorted((sample_dir / "images").glob("*.jpg"))
+    for f in all_files[:100]:
+        shutil.copy(f, dump / f.name)
+    args = ["score", "--model", str(trained_model), "--input", str(dump), "--output", str(out), "--incremental"]
+    assert run_cli(*args).returncode == 0
+    for f in all_files[100:500]:  # a new dump arrives
+        shutil.copy(f, dump / f.name)
+    proc = subprocess.Popen([sys.executable, "-m", "vehicle_ray.cli", *args, "--batch-size", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("scoring 400 new of 500"):
+            break
+    time.sleep(6)  # mid-pipeline: the actor is scoring
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)  # the orphaned embedded Ray processes of the killed driver
+    assert len(list((out / "_runs").glob("*.json"))) == 1  # the killed run committed nothing
+    r = run_cli(*args)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "scored 400 of 400 files (0 errors, 100 skipped as already done)" in r.stdout
+    predictions = read(out)
+    assert len(predictions) == 500 and predictions["path"].is_unique
+    assert set(predictions["path"]) == {str(dump / f.name) for f in all_files}
+    r = run_cli(*args)
+    assert "scored 0 of 0 files (0 errors, 500 skipped" in r.stdout
+    assert len(read(out)) == 500
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda m, d, o: ["--model", str(d), "--input", str(d), "--output", str(o)], "no model.json"),
+    (lambda m, d, o: ["--model", str(m), "--input", str(d / "nowhere"), "--output", str(o)], "image directory not found"),
+    (lambda m, d, o: ["--model", str(m), "--input", str(d / "empty"), "--output", str(o)], "no image files found"),
+    (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--output", str(o)], "needs --images"),
+])
+def test_bad_usage_exits_2(trained_model, tmp_path, make_args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.csv").write_text("f\na.jpg\n")
+    r = run_cli("score", *make_args(trained_model, tmp_path, tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tampered_weights_are_refused(trained_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(trained_model, copy)
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    r = run_cli("score", "--model", str(copy), "--input", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "does not match the sha256" in r.stderr
+
+
+def test_allow_pickle_scores_a_plain_fastai_export(trained_model, sample_dir, tmp_path, ray_local):
+    plain = tmp_path / "notebook"
+    plain.mkdir()
+    shutil.copy(trained_model / EXPORT_PKL, plain / EXPORT_PKL)
+    s = score(plain, sample_dir / "test.csv", tmp_path / "out", images=sample_dir / "images", allow_pickle=True)
+    assert (s.scored, s.errors) == (100, 0)
+    assert s.model_id.startswith("fastai-export-")

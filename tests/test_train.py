@@ -1,0 +1,116 @@
+"""Distributed fine-tuning on real Ray Train CPU workers with real fastai."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import run_cli
+from vehicle_ray.artifact import EXPORT_PKL, METRICS_CSV, MODEL_JSON, ONNX, WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.data import read_labeled_csv, split_indices
+from vehicle_ray.errors import InputError
+from vehicle_ray.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _load_learner(model_dir):
+    from fastai.learner import load_learner
+
+    return load_learner(model_dir / EXPORT_PKL, cpu=True)
+
+
+def test_two_workers_learn_and_write_complete_artifact(trained_model):
+    art = open_artifact(trained_model, verify=(EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV))
+    meta = art.meta
+    assert meta["metrics"]["accuracy"] >= 0.9, meta["metrics"]
+    assert meta["classes"] == ["0", "1"] and meta["arch"] == "resnet18" and meta["input"]["size"] == 64
+    assert meta["tta"] == {"n": 4, "beta": 0.25}
+    assert set(meta["versions"]) >= {"torch", "fastai", "ray", "torchvision"}
+    history = pd.read_csv(trained_model / METRICS_CSV)
+    assert list(history["epoch"]) == list(range(1, 9))
+    assert {"train_loss", "valid_loss", "accuracy", "error_rate", "stage", "seconds"} <= set(history.columns)
+    assert history["valid_loss"].iloc[-1] < history["valid_loss"].iloc[0]
+
+
+def test_export_pkl_and_safetensors_give_the_same_predictions(trained_model, sample_dir):
+    learn = _load_learner(trained_model)
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:48]
+    dl = learn.dls.test_dl(files)
+    pickled, _ = learn.get_preds(dl=dl)
+    learn.model = load_torch_model(open_artifact(trained_model))
+    from_safetensors, _ = learn.get_preds(dl=dl)
+    assert torch.allclose(pickled, from_safetensors, atol=1e-6)
+
+
+def test_reported_metrics_cover_the_whole_validation_set(trained_model, sample_dir):
+    """What the 2-worker run reported for its last epoch equals a single-process validation of the
+    same weights over the full validation split: nothing was sharded away or double counted."""
+    recipe = load_recipe("tiny_cpu")
+    data = read_labeled_csv(sample_dir / "train.csv", sample_dir / "images")
+    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    learn = _load_learner(trained_model)
+    valid = data.items.iloc[valid_idx]
+    dl = learn.dls.test_dl([str(sample_dir / "images" / f) for f in valid["fn"]], with_labels=False)
+    probs, _ = learn.get_preds(dl=dl)
+    targets = torch.tensor([learn.dls.vocab.o2i[label] for label in valid["label"]])
+    accuracy = float((probs.argmax(1) == targets).float().mean())
+    valid_loss = float(torch.nn.functional.nll_loss(torch.log(probs), targets))
+    last = pd.read_csv(trained_model / METRICS_CSV).iloc[-1]
+    assert len(valid) == 80
+    assert accuracy == pytest.approx(last["accuracy"], abs=1e-6)
+    assert valid_loss == pytest.approx(last["valid_loss"], rel=1e-3)
+
+
+def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray_local):
+    from vehicle_ray.train import train
+
+    one = train(sample_dir / "train.csv", sample_dir / "images", tmp_path / "one", load_recipe("tiny_cpu"),
+                workers=1, storage_path=str(tmp_path / "runs"))
+    two = json.loads((trained_model / MODEL_JSON).read_text())["metrics"]
+    assert one.metrics["accuracy"] >= 0.85
+    assert abs(one.metrics["accuracy"] - two["accuracy"]) <= 0.08
+
+
+def test_worker_crash_resumes_from_checkpoint_then_rerun_resumes_too(sample_dir, tmp_path):
+    args = ["train", "--csv", str(sample_dir / "train.csv"), "--images", str(sample_dir / "images"),
+            "--config", "tiny_cpu", "--epochs", "4", "--workers", "2", "--storage-path", str(tmp_path / "runs"),
+            "--name", "crashy", "--max-failures", "1"]
+    r = run_cli(*args, "--out", str(tmp_path / "m"), env={"VEHICLE_RAY_FAIL_AFTER_EPOCH": "2"})
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "injected failure on rank 1 after epoch 2" in log
+    assert "resumed from checkpoint: stage 1, epoch 2 done" in log
+    history = pd.read_csv(tmp_path / "m" / METRICS_CSV)
+    assert list(history["epoch"]) == [1, 2, 3, 4]  # not restarted from epoch 0, nothing repeated
+    # A rerun with the same storage path and name continues from the last checkpoint (here: done).
+    r = run_cli(*args, "--out", str(tmp_path / "m2"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "resumed from checkpoint" in r.stdout + r.stderr
+    assert "epoch 1/4" not in r.stdout + r.stderr
+    assert open_artifact(tmp_path / "m2").meta["model_sha256"] == open_artifact(tmp_path / "m").meta["model_sha256"]
+
+
+def test_lr_find_writes_plot_and_finite_suggestions(sample_dir, tmp_path):
+    r = run_cli("lr-find", "--csv", str(sample_dir / "train.csv"), "--images", str(sample_dir / "images"),
+                "--config", "tiny_cpu", "--out", str(tmp_path / "lr"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    suggestions = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert set(suggestions) == {"valley", "slide", "minimum", "steep"}
+    assert all(math.isfinite(v) and 1e-8 < v < 10 for v in suggestions.values())
+    with Image.open(tmp_path / "lr" / "lr_find.png") as img:
+        assert img.format == "PNG" and img.width > 300 and img.height > 200
+        assert np.asarray(img.convert("L")).std() > 10  # a drawn plot, not a blank canvas
+
+
+def test_offline_pretrained_weights_error_names_the_ways_out(sample_dir, tmp_path):
+    r = run_cli("train", "--csv", str(sample_dir / "train.csv"), "--images", str(sample_dir / "images"),
+                "--config", "tiny_cpu", "--pretrained", "--out", str(tmp_path / "m"),
+                env={"TORCH_HOME": str(tmp_path / "empty_torch_cache")})
+    assert r.returncode == 2
+    assert "--weights" in r.stderr and "--no-pretrained" in r.stderr
+    assert "Traceback" not in r.stderr
