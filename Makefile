@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench-train bench-score clean
+.PHONY: demo test test-fast lint bench-train bench-score clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vehicle_ray jobs bench tests
 
 bench-train: $(STAMP)
 	$(PY) bench/bench_train.py

@@ -1,6 +1,5 @@
 """The learner factory: --weights loads a torchvision state_dict into fastai's body."""
 
-import numpy as np
 import pytest
 import torch
 import torchvision

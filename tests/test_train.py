@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,6 @@ from PIL import Image
 from tests.conftest import run_cli
 from vehicle_ray.artifact import EXPORT_PKL, METRICS_CSV, MODEL_JSON, ONNX, WEIGHTS, load_torch_model, open_artifact
 from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,9 @@ def test_worker_crash_resumes_from_checkpoint_then_rerun_resumes_too(sample_dir,
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
     assert "injected failure on rank 1 after epoch 2" in log
-    assert "resumed from checkpoint: stage 1, epoch 2 done" in log
+    # Epoch 2's checkpoint counts only if Ray registered it before the crash: resume from 1 or 2, not 0.
+    resumed = re.search(r"resumed from checkpoint: stage 1, epoch (\d) done", log)
+    assert resumed and resumed.group(1) in ("1", "2"), log[-3000:]
     history = pd.read_csv(tmp_path / "m" / METRICS_CSV)
     assert list(history["epoch"]) == [1, 2, 3, 4]  # not restarted from epoch 0, nothing repeated
     # A rerun with the same storage path and name continues from the last checkpoint (here: done).

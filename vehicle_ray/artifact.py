@@ -6,6 +6,7 @@
     model.json         arch, classes in order, input size/resize/normalisation, augmentation and
                        TTA defaults, validation metrics, library versions, sha256 of every file
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
+    training_curves.png  losses and metrics per epoch, stage boundaries marked
 
 model.json is written last and the directory is moved into place in one rename, so a reader never
 sees a half-written artifact.
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from vehicle_ray.errors import InputError
+from vehicle_ray.plots import training_curves
 from vehicle_ray.recipe import Recipe
 
 MODEL_JSON = "model.json"
@@ -36,6 +38,7 @@ EXPORT_PKL = "export.pkl"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 METRICS_CSV = "metrics.csv"
+CURVES_PNG = "training_curves.png"
 FORMAT_VERSION = 1
 
 
@@ -72,7 +75,11 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
     save_model(model, str(directory / WEIGHTS))
     export_onnx(model, recipe.size, directory / ONNX)
     pd.DataFrame(history).to_csv(directory / METRICS_CSV, index=False)
-    files = {name: sha256_file(directory / name) for name in (EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV)}
+    names = [EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV]
+    if history:
+        training_curves(pd.DataFrame(history), directory / CURVES_PNG)
+        names.append(CURVES_PNG)
+    files = {name: sha256_file(directory / name) for name in names}
     final = {k: v for k, v in (history[-1] if history else {}).items()
              if k not in ("stage", "epoch", "n_epochs", "lr", "seconds")}
     normalize = None

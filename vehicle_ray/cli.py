@@ -5,6 +5,7 @@ InputError → one line on stderr and exit code 2; anything else propagates (exi
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import click
@@ -183,6 +184,28 @@ def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: 
     click.echo(summary.line())
 
 
+@cli.command("evaluate")
+@click.option("--model", required=True, help="Model artifact directory (or an export.pkl with --allow-pickle).")
+@csv_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--tta-n", type=int, help="Augmented passes [default: model.json's].")
+@click.option("--tta-beta", type=float, help="Weight of the plain pass [default: model.json's].")
+@click.option("--no-tta", is_flag=True, help="Plain pass only.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per batch.")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl.")
+def evaluate_cmd(model: str, csv_path: str, images: str, fn_col: str, label_col: str, out: str,
+                 allow_pickle: bool, **options: Any) -> None:
+    """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses, report."""
+    from vehicle_ray.evaluate import evaluate
+    from vehicle_ray.score import ScoreOptions
+
+    m = evaluate(model, csv_path, images, out, column(fn_col), column(label_col), ScoreOptions(**options),
+                 allow_pickle=allow_pickle)
+    click.echo(f"accuracy {m['accuracy']:.4f} (no TTA {m['accuracy_no_tta']:.4f}) on {m['n']} images; "
+               f"report: {out}/report.md")
+
+
 @cli.command("demo")
 @click.option("--out", default="demo_output", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the demo's data, model and scores (replaced).")
@@ -196,6 +219,11 @@ def demo_cmd(out: str, workers: int) -> None:
 
 def main() -> None:
     cli(prog_name="vehicle-ray")
+
+
+def run_job(command: str) -> None:
+    """Entry for jobs/*.py (`ray job submit -- python jobs/train.py ...`): one subcommand, same options."""
+    cli([command, *sys.argv[1:]], prog_name=f"jobs/{command.replace('-', '_')}.py")
 
 
 if __name__ == "__main__":

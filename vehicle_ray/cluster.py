@@ -6,6 +6,8 @@ import os
 
 import ray
 
+from vehicle_ray.errors import InputError
+
 
 def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
@@ -14,3 +16,17 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
         kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus}
         ray.init(logging_level="ERROR", log_to_driver=True, configure_logging=True, **kwargs)
     return ray.cluster_resources()
+
+
+def alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def require_shared_path(path: str | None, flag: str) -> None:
+    """On a multi-node cluster every node must see `path`: a local path is refused, a URI is fine.
+
+    (A local path that really is a shared mount, such as NFS, can be passed as file:///path.)"""
+    if path is not None and "://" not in str(path) and alive_nodes() > 1:
+        raise InputError(
+            f"{flag} {path} is a local path, but the Ray cluster has {alive_nodes()} nodes that cannot all see it; "
+            "use a URI (s3://..., gs://...) or file:///path for a filesystem mounted on every node")

@@ -52,22 +52,28 @@ class LabeledSet:
     classes: list[str]
 
 
-def open_root(images: str | Path) -> ImageRoot:
-    """Resolve a local directory or a filesystem URI (s3://, gs://, file://) to an ImageRoot."""
-    text = str(images)
+def resolve_location(location: str | Path, what: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
+    """(pyarrow filesystem, base path, info) for a local path or a URI (s3://, gs://, file://...)."""
+    text = str(location)
     try:
         if "://" in text:
             fs, base = pafs.FileSystem.from_uri(text)
         else:
             fs, base = pafs.LocalFileSystem(), str(Path(text).resolve())
-        info = fs.get_file_info(base)
+        return fs, base.rstrip("/") or "/", fs.get_file_info(base)
     except (pafs.ArrowException, OSError, ValueError) as exc:  # pyarrow raises several types here
-        raise InputError(f"cannot open image root {text}: {exc}") from exc
+        raise InputError(f"cannot open {what} {text}: {exc}") from exc
+
+
+def open_root(images: str | Path) -> ImageRoot:
+    """Resolve a local directory or a filesystem URI to an existing image directory."""
+    text = str(images)
+    fs, base, info = resolve_location(text, "image root")
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"image directory not found: {text}")
     if info.type != pafs.FileType.Directory:
         raise InputError(f"image root is not a directory: {text}")
-    return ImageRoot(uri=text, fs=fs, base=base.rstrip("/") or "/")
+    return ImageRoot(uri=text, fs=fs, base=base)
 
 
 def read_csv(csv: str | Path) -> pd.DataFrame:

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
 
 PREDICTIONS, ERRORS, RUNS, STAGING, SUMMARY = "predictions", "errors", "_runs", "_staging", "summary.json"
@@ -43,19 +44,11 @@ class OutputStore:
 
     @classmethod
     def open(cls, output: str | Path) -> OutputStore:
-        text = str(output)
-        try:
-            if "://" in text:
-                fs, base = pafs.FileSystem.from_uri(text)
-            else:
-                fs, base = pafs.LocalFileSystem(), str(Path(text).resolve())
-            info = fs.get_file_info(base)
-        except (pafs.ArrowException, OSError, ValueError) as exc:
-            raise InputError(f"cannot open output {text}: {exc}") from exc
+        fs, base, info = resolve_location(output, "output")
         if info.type == pafs.FileType.File:
-            raise InputError(f"output {text} is a file, not a directory")
+            raise InputError(f"output {output} is a file, not a directory")
         fs.create_dir(base, recursive=True)
-        return cls(uri=text, fs=fs, base=base.rstrip("/"))
+        return cls(uri=str(output), fs=fs, base=base)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
@@ -112,6 +105,17 @@ class OutputStore:
             for batch in pads.dataset(files, filesystem=self.fs, format="parquet").to_batches(columns=columns):
                 yield batch.to_pandas()
 
+    def _move_dir(self, source: str, target: str) -> None:
+        """One rename on a local filesystem; object stores move file by file (the commit record,
+        written afterwards, is what makes the run visible either way)."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.move(source, target)
+            return
+        self.fs.create_dir(target, recursive=True)
+        for info in self.fs.get_file_info(pafs.FileSelector(source, recursive=True)):
+            if info.type == pafs.FileType.File:
+                self.fs.move(info.path, posixpath.join(target, posixpath.relpath(info.path, source)))
+
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         with self.fs.open_output_stream(self.path(name)) as f:
             f.write((json.dumps(payload, indent=2) + "\n").encode())
@@ -120,7 +124,7 @@ class OutputStore:
         """Move the staged partitions into place, then write the commit record and the summary."""
         for kind in (PREDICTIONS, ERRORS):
             self.fs.create_dir(self.path(kind), recursive=True)
-            self.fs.move(self.path(STAGING, run_id, kind), self.path(kind, f"run={run_id}"))
+            self._move_dir(self.path(STAGING, run_id, kind), self.path(kind, f"run={run_id}"))
         self.fs.create_dir(self.path(RUNS), recursive=True)
         self.write_json(posixpath.join(RUNS, f"{run_id}.json"), summary)
         self.write_json(SUMMARY, summary)

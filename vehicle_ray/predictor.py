@@ -8,15 +8,19 @@ on GPU, channels_last).
 
 from __future__ import annotations
 
+import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import torch
 
 from vehicle_ray.artifact import EXPORT_PKL, ONNX, WEIGHTS, load_torch_model, open_artifact, sha256_file
+from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
 
@@ -27,7 +31,8 @@ BACKENDS = ("auto", "onnx", "torch")
 class ModelSpec:
     """What the driver knows about the model before any actor starts (decode needs size and resize)."""
 
-    directory: Path
+    source: str  # what the user passed: a local path, or a URI every actor downloads from
+    directory: Path  # the local copy on the driver
     allow_pickle: bool
     classes: list[str]
     size: int
@@ -60,15 +65,31 @@ def _learner_resize(learn) -> tuple[int, str]:
     return int(r.size[0]), "squish" if r.method == ResizeMethod.Squish else "crop"
 
 
+def local_model(model: str | Path) -> Path:
+    """A local path as is; a URI (s3://bucket/models/x) is copied to a fresh local temp directory."""
+    if "://" not in str(model):
+        return Path(model)
+    fs, base, info = resolve_location(model, "model")
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"model not found: {model}")
+    target = Path(tempfile.mkdtemp(prefix="vehicle_ray_model_"))
+    if info.type == pafs.FileType.File:
+        pafs.copy_files(base, str(target / posixpath.basename(base)), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return target / posixpath.basename(base)
+    pafs.copy_files(base, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target
+
+
 def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
     """Read (and verify) the model's description on the driver."""
-    directory = Path(model)
+    directory = local_model(model)
     if not directory.exists():
         raise InputError(f"model not found: {model}")
     if directory.is_dir() and (directory / "model.json").is_file():
         art = open_artifact(directory)
         tta = art.meta["tta"]
-        return ModelSpec(directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
+        return ModelSpec(source=str(model), directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
                          resize_method=art.meta["input"]["resize_method"], model_id=art.meta["model_id"],
                          model_sha256=art.meta["model_sha256"], tta_defaults=TTASettings(tta["n"], tta["beta"]),
                          has_onnx=ONNX in art.meta["files"])
@@ -78,7 +99,7 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
     path, learn = _pickle_learner(directory)
     size, method = _learner_resize(learn)
     sha = sha256_file(path)
-    return ModelSpec(directory=path, allow_pickle=True, classes=[str(c) for c in learn.dls.vocab], size=size,
+    return ModelSpec(source=str(model), directory=path, allow_pickle=True, classes=[str(c) for c in learn.dls.vocab], size=size,
                      resize_method=method, model_id=f"fastai-export-{sha[:12]}", model_sha256=sha,
                      tta_defaults=TTASettings(), has_onnx=False)
 
@@ -113,21 +134,23 @@ def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[to
 class Predictor:
     """Ray Data actor: loads the model once, then turns decoded batches into prediction rows."""
 
-    def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1):
+    def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1,
+                 emit_plain: bool = False):
         use_gpu = torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(threads)
+        directory = spec.directory if spec.directory.exists() else local_model(spec.source)
         if spec.allow_pickle:
-            _, learn = _pickle_learner(spec.directory)
+            _, learn = _pickle_learner(directory)
             transforms = list(learn.dls.after_batch.fs)
             model = learn.model
             self.forward = _torch_forward(model, self.device)
         else:
-            art = open_artifact(spec.directory, verify=(WEIGHTS, ONNX) if spec.has_onnx else (WEIGHTS,))
+            art = open_artifact(directory, verify=(WEIGHTS, ONNX) if spec.has_onnx else (WEIGHTS,))
             transforms = artifact_batch_transforms(art.meta)
             if backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx):
                 if not spec.has_onnx:
-                    raise InputError(f"--backend onnx: {spec.directory} has no {ONNX}")
+                    raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
                 self.forward = _onnx_forward(art.path(ONNX), threads)
             else:
                 self.forward = _torch_forward(load_torch_model(art), self.device)
@@ -136,7 +159,7 @@ class Predictor:
                 if hasattr(t, "to"):
                     t.to(self.device)
         self.plain, self.aug = batch_pipelines(transforms)
-        self.spec, self.tta = spec, tta
+        self.spec, self.tta, self.emit_plain = spec, tta, emit_plain
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -144,22 +167,29 @@ class Predictor:
         errors = [str(e) for e in batch["error"]]
         ok = np.array([e == "" for e in errors], dtype=bool)
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
+        plain = probs.copy()
         if ok.any():
             images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
-            probs[ok] = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta).cpu().numpy()
+            blended, plain_pass = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta)
+            probs[ok], plain[ok] = blended.cpu().numpy(), plain_pass.cpu().numpy()
         best = probs.argmax(axis=1)
         columns = {
             "path": pa.array([str(p) for p in batch["path"]], pa.string()),
             "label": pa.array(self.classes[best], pa.string(), mask=~ok),
             "confidence": pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
-            "probabilities": pa.array([p.tolist() if good else None for p, good in zip(probs, ok)],
-                                      pa.list_(pa.float32())),
+            "probabilities": _prob_lists(probs, ok),
             "error": pa.array([e or None for e in errors], pa.string()),
             "model_id": pa.array([self.spec.model_id] * n, pa.string()),
             "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
             **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
         }
+        if self.emit_plain:
+            columns["plain_probabilities"] = _prob_lists(plain, ok)
         return pa.table(columns)
+
+
+def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
+    return pa.array([p.tolist() if good else None for p, good in zip(probs, ok)], pa.list_(pa.float32()))
 
 
 def artifact_batch_transforms(meta: dict[str, Any]) -> list:

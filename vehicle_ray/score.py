@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from vehicle_ray.cluster import init_ray
+from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot, check_file_names, open_root, read_csv, resolve_column
 from vehicle_ray.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_batch
 from vehicle_ray.errors import InputError
@@ -52,6 +51,7 @@ class ScoreOptions:
     glob: str | None = None
     fn_col: str | int = 0
     rows_per_file: int = 100_000
+    emit_plain: bool = False  # also write the plain pass's probabilities (evaluate's TTA-off accuracy)
 
 
 @dataclass
@@ -201,6 +201,10 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
     root, chunks = iter_listing(source, images, opts)
+    resources = init_ray()
+    require_shared_path(root.uri, "--images" if images is not None else "--input")
+    require_shared_path(str(output), "--output")
+    plan = plan_resources(resources, opts)
     store = OutputStore.open(output)
     store.remove_uncommitted()
     if opts.overwrite:
@@ -214,8 +218,6 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     if listed == 0:
         store.fs.delete_dir(store.path(STAGING, run_id))
         raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
-    resources = init_ray()
-    plan = plan_resources(resources, opts)
     print(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, beta={tta.beta}"
           f"{', max' if tta.use_max else ''}); {plan.actors} actor(s) x {plan.cpus_per_actor:g} CPU"
           f"{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''}, {plan.threads} threads each",
@@ -248,6 +250,6 @@ def _run_pipeline(store: OutputStore, run_id: str, manifest: str, root: ImageRoo
     ds = ds.map_batches(Predictor, batch_size=opts.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
                         num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor or None,
                         fn_constructor_kwargs={"spec": spec, "tta": tta, "backend": opts.backend,
-                                               "threads": plan.threads})
+                                               "threads": plan.threads, "emit_plain": opts.emit_plain})
     ds.write_parquet(store.path(STAGING, run_id, "scored"), filesystem=store.fs,
                      min_rows_per_file=opts.rows_per_file)

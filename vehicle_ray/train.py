@@ -29,9 +29,16 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from vehicle_ray.artifact import open_artifact, publish, write_artifact
-from vehicle_ray.cluster import init_ray
+from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import LabeledSet, check_split, read_labeled_csv, split_indices
-from vehicle_ray.distributed import WEIGHTS_FILE, Position, RayTrainCallback, read_position, sharded_train_dl
+from vehicle_ray.distributed import (
+    WEIGHTS_FILE,
+    Position,
+    RayTrainCallback,
+    read_position,
+    sharded_train_dl,
+    write_checkpoint,
+)
 from vehicle_ray.errors import InputError
 from vehicle_ray.learner import build_dataloaders, build_learner, pretrained_state_dict
 from vehicle_ray.recipe import Recipe
@@ -118,7 +125,8 @@ def train_worker(cfg: WorkerConfig) -> None:
 
 
 def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, position: Position) -> None:
-    """One last report on every rank; rank 0 attaches a checkpoint holding the finished artifact."""
+    """One last report on every rank; rank 0 attaches a checkpoint holding the run state (so a rerun
+    of a finished run resumes to "done") and the finished artifact."""
     metrics = {"done": 1, "epochs": len(position.history)}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
@@ -127,6 +135,7 @@ def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, positio
         learn.to_fp32()
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
+        write_checkpoint(Path(tmp), learn, position)
         artifact = Path(tmp) / ARTIFACT_SUBDIR
         artifact.mkdir()
         learn.model.cpu()
@@ -184,6 +193,8 @@ def train(
         raise InputError(f"training reads images from a local or shared filesystem; {data.root.uri} is not one")
     state_dict = pretrained_state_dict(recipe)
     resources = init_ray()
+    require_shared_path(str(images), "--images")
+    require_shared_path(storage_path or "~/ray_results", "--storage-path")
     if use_gpu and resources.get("GPU", 0) < 1:
         raise InputError("--gpu given but the Ray cluster has no GPU (use --cpu)")
     cpus = default_threads(workers, cpus_per_worker, resources)

@@ -42,16 +42,16 @@ def tta_probabilities(
     plain_tfms: Pipeline,
     aug_tfms: Pipeline,
     settings: TTASettings,
-) -> torch.Tensor:
-    """Class probabilities for a uint8 NCHW batch, with fastai Learner.tta's blending."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TTA probabilities, plain-pass probabilities) for a uint8 NCHW batch, blended as Learner.tta."""
     x = TensorImage(images)
     passes = [plain_tfms(x)] + [aug_tfms(x) for _ in range(settings.n)]
     logits = forward(torch.cat([torch.as_tensor(p) for p in passes]))
     probs = torch.softmax(logits.float(), dim=-1).view(len(passes), len(images), -1)
     plain = probs[0]
     if settings.n == 0:
-        return plain
+        return plain, plain
     aug = probs[1:].max(0).values if settings.use_max else probs[1:].mean(0)
     if settings.use_max:
-        return torch.maximum(plain, aug)
-    return torch.lerp(aug, plain, settings.beta)
+        return torch.maximum(plain, aug), plain
+    return torch.lerp(aug, plain, settings.beta), plain
