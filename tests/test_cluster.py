@@ -88,9 +88,9 @@ def test_ray_job_submit_train_then_score(ray_head, sample_dir, tmp_path):
     address, env = ray_head
     model, scores = tmp_path / "model", tmp_path / "scores"
     out = submit(address, env, "jobs/train.py", "--csv", str(sample_dir / "train.csv"), "--images",
-                 str(sample_dir / "images"), "--config", "tiny_cpu", "--epochs", "2", "--workers", "2",
+                 str(sample_dir / "images"), "--config", "tiny_cpu", "--epochs", "1", "--workers", "2",
                  "--out", str(model), "--storage-path", str(tmp_path / "runs"))
-    assert "stage 1 epoch 2/2" in out
+    assert "stage 1 epoch 1/1" in out
     assert json.loads((model / "model.json").read_text())["arch"] == "resnet18"
     submit(address, env, "jobs/score.py", "--model", str(model), "--input", str(sample_dir / "test.csv"),
            "--images", str(sample_dir / "images"), "--output", str(scores), "--tta-n", "2")

@@ -8,8 +8,8 @@ already-done files are dropped by 64-bit hash for --incremental, and the output 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import posixpath
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -201,6 +201,10 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
     root, chunks = iter_listing(source, images, opts)
+    first = next(chunks, None)
+    if first is None:
+        raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
+    chunks = itertools.chain([first], chunks)
     resources = init_ray()
     require_shared_path(root.uri, "--images" if images is not None else "--input")
     require_shared_path(str(output), "--output")
@@ -215,9 +219,6 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     done = store.done_hashes() if opts.incremental else np.empty(0, dtype=np.uint64)
     manifest, listed, new = write_manifest(store, run_id, root, chunks, done)
-    if listed == 0:
-        store.fs.delete_dir(store.path(STAGING, run_id))
-        raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
     print(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, beta={tta.beta}"
           f"{', max' if tta.use_max else ''}); {plan.actors} actor(s) x {plan.cpus_per_actor:g} CPU"
           f"{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''}, {plan.threads} threads each",
@@ -239,8 +240,6 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
 
 def _run_pipeline(store: OutputStore, run_id: str, manifest: str, root: ImageRoot, spec: ModelSpec,
                   tta: TTASettings, plan: Plan, opts: ScoreOptions) -> None:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stdout.isatty()
     ds = ray.data.read_parquet(manifest, filesystem=store.fs)
     # num_cpus below the actors' keeps Ray Data from fusing decode into the actor: decoding stays in
     # parallel CPU tasks and the actors only run the model.

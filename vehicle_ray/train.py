@@ -7,7 +7,6 @@ final checkpoint; the driver publishes it to --out atomically.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import tempfile
@@ -85,7 +84,6 @@ def _make_report(rank: int, world_size: int, position: Position, fail_after: int
 
 def train_worker(cfg: WorkerConfig) -> None:
     """Ray Train per-worker loop: fastai's own loop per stage, with RayTrainCallback attached."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per epoch comes from EpochPrinter
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
