@@ -1,0 +1,71 @@
+"""The fastai ↔ Ray Train glue, exercised without a Ray cluster: sharding and per-epoch reporting."""
+
+import json
+from pathlib import Path
+
+import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
+import numpy as np
+import pytest
+
+from vehicle_ray.data import read_labeled_csv, split_indices
+from vehicle_ray.distributed import STATE_FILE, WEIGHTS_FILE, EpochShard, Position, RayTrainCallback, sharded_train_dl
+from vehicle_ray.learner import build_dataloaders, build_learner
+from vehicle_ray.recipe import load_recipe
+from vehicle_ray.sample_data import write_sample_data
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (12, 4), (7, 1), (5, 2)])
+def test_shards_are_disjoint_cover_everything_and_equal_in_length(n, world):
+    shards = [EpochShard(n=n, rank=r, world_size=world, seed=7, stage=1, epoch=3)() for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # same number of batches on every rank, or DDP hangs
+    flat = [i for s in shards for i in s]
+    assert set(flat) == set(range(n))
+    assert len(flat) - n == (-n) % world  # only the padding repeats
+    again = [EpochShard(n=n, rank=r, world_size=world, seed=7, stage=1, epoch=3)() for r in range(world)]
+    assert shards == again  # every rank computes the same permutation on its own
+
+
+def test_each_epoch_reshuffles():
+    a = EpochShard(n=50, rank=0, world_size=2, seed=1, epoch=0)()
+    b = EpochShard(n=50, rank=0, world_size=2, seed=1, epoch=1)()
+    assert a != b and len(a) == len(b) == 25
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    write_sample_data(out, train=40, test=0, size=32, seed=4)
+    recipe = load_recipe("tiny_cpu").with_overrides(size=32, bs=8)
+    data = read_labeled_csv(out / "train.csv", out / "images")
+    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    return build_dataloaders(data, recipe, valid_idx), recipe
+
+
+def test_sharded_loader_iterates_its_shard_only(tiny):
+    dls, _ = tiny
+    sharded = sharded_train_dl(dls.train, rank=1, world_size=2, seed=3)
+    assert len(sharded) == (len(dls.train.dataset) // 2) // dls.train.bs
+    assert sum(len(b[0]) for b in sharded) == len(sharded) * dls.train.bs
+
+
+def test_callback_reports_every_epoch_with_a_checkpoint_and_skips_resumed_epochs(tiny):
+    dls, recipe = tiny
+    learn = build_learner(dls, recipe)
+    reports = []
+
+    def report(metrics, checkpoint_dir):
+        files = sorted(p.name for p in Path(checkpoint_dir).iterdir())
+        state = json.loads((Path(checkpoint_dir) / STATE_FILE).read_text())
+        reports.append((metrics, files, state))
+
+    position = Position()
+    cb = RayTrainCallback(rank=0, world_size=1, stage=0, skip_to=1, position=position, report=report,
+                          device=dls.device)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(3, 1e-3, start_epoch=1, cbs=cb)
+    assert [m["epoch"] for m, _, _ in reports] == [2, 3]  # epoch 1 was skipped (resumed past it)
+    metrics, files, state = reports[-1]
+    assert files == sorted([STATE_FILE, WEIGHTS_FILE])
+    assert state["epoch"] == 3 and len(state["history"]) == 2
+    assert {"train_loss", "valid_loss", "accuracy", "error_rate", "lr", "seconds"} <= set(metrics)
+    assert np.isfinite(metrics["valid_loss"])
