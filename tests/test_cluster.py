@@ -42,7 +42,9 @@ def ray_head(tmp_path):
     """A real `ray start --head --block` on free ports with its own temp dir, stopped by its pid."""
     dashboard = free_port()
     temp_dir = Path("/tmp") / f"vr_head_{os.getpid()}_{dashboard}"  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    # Token auth off explicitly: Ray 2.60 turns it on for `ray start` whenever ~/.ray/auth_token exists
+    # (any earlier local ray.init() writes one), and whether it exists depends on what ran before.
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
