@@ -24,6 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 def make_model(out: Path, size: int) -> None:
     """A resnet18 artifact at `size` px (weights trained for one short epoch: timing does not care)."""
+    import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
+
     from vehicle_ray.artifact import write_artifact
     from vehicle_ray.data import read_labeled_csv, split_indices
     from vehicle_ray.learner import build_dataloaders, build_learner

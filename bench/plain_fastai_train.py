@@ -6,7 +6,8 @@ Prints one JSON line: {"accuracy": ..., "valid_loss": ...}.
 import json
 import sys
 
-import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
+import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
+import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
 import torch
 
 from vehicle_ray.data import read_labeled_csv, split_indices

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
-from fastai.learner import load_learner
+from fastai.vision.all import load_learner  # what a notebook imports
 
 
 def main(model_dir: str, images: str, threads: str) -> None:

@@ -1,7 +1,8 @@
 """`make demo`: the whole system on generated data in local single-node mode, in a few minutes.
 
 sample data → 2-worker Ray Train fine-tuning (tiny CPU recipe) → TTA scoring of the test images to
-Parquet → a summary with accuracy against the held-out labels.
+Parquet → an evaluation report (metrics, confusion matrix, top losses) → a summary with accuracy
+against the held-out labels and where every output is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vehicle_ray.evaluate import evaluate
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
 from vehicle_ray.score import ScoreOptions, score
@@ -22,24 +24,30 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
     if out.exists():
         shutil.rmtree(out)
     data, model, scores = out / "data", out / "model", out / "scores"
-    print(f"[1/3] sample data -> {data}", flush=True)
+    print(f"[1/4] sample data -> {data}", flush=True)
     write_sample_data(data, train=400, test=100, size=64, seed=0)
-    print(f"[2/3] training resnet18 from scratch on {workers} Ray Train CPU workers -> {model}", flush=True)
+    print(f"[2/4] training resnet18 from scratch on {workers} Ray Train CPU workers -> {model}", flush=True)
     trained = train(data / "train.csv", data / "images", model, load_recipe("tiny_cpu"), workers=workers,
                     storage_path=str(out / "ray_runs"))
-    print(f"[3/3] TTA scoring of the test images with Ray Data -> {scores}", flush=True)
+    print(f"[3/4] TTA scoring of the test images with Ray Data -> {scores}", flush=True)
     summary = score(model, data / "test.csv", scores, images=data / "images", opts=ScoreOptions())
     truth = pd.read_csv(data / "test_labels.csv", dtype=str)
     truth["path"] = [str(data / "images" / n) for n in truth[FN_COL]]
     predictions = pd.read_parquet(scores / "predictions", columns=["path", "label"])
     joined = truth.merge(predictions, on="path", how="left")
     accuracy = float((joined["label"] == joined[LABEL_COL]).mean())
+    report = out / "report"
+    print(f"[4/4] evaluation report on the held-out labels -> {report}", flush=True)
+    evaluate(model, data / "test_labels.csv", data / "images", report)
     result = {
         "train_seconds": round(trained.seconds, 1),
         "valid_accuracy": round(trained.metrics.get("accuracy", float("nan")), 4),
         "test_images": len(truth), "scored": summary.scored, "errors": summary.errors,
         "test_accuracy_tta": round(accuracy, 4), "score_images_per_second": summary.images_per_second,
-        "model": str(model), "predictions": str(scores / "predictions"), "summary": str(scores / "summary.json"),
+        "model": str(model), "training_curves": str(model / "training_curves.png"),
+        "predictions": str(scores / "predictions"), "summary": str(scores / "summary.json"),
+        "report": str(report / "report.md"), "confusion_matrix": str(report / "confusion_matrix.png"),
+        "top_losses": str(report / "top_losses.png"),
     }
     print("\ndemo summary")
     for key, value in result.items():
