@@ -108,11 +108,16 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
     return meta
 
 
+def require_free_output(out: Path, overwrite: bool) -> None:
+    """A model directory is never silently merged into: it must be absent, empty, or --overwrite."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+
+
 def publish(source: Path, out: Path, overwrite: bool = False) -> None:
     """Copy a finished artifact directory to `out` atomically: copy beside it, then one rename."""
     out = out.resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    require_free_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     shutil.copytree(source, staging)

@@ -89,7 +89,6 @@ class RayTrainCallback(Callback):
         if self.world_size > 1 and dist.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.learn.model = DistributedDataParallel(self.learn.model, device_ids=ids)
-        self._t0 = time.perf_counter()
 
     def after_fit(self) -> None:
         if isinstance(self.learn.model, DistributedDataParallel):

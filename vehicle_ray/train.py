@@ -27,7 +27,7 @@ from fastai.learner import load_model
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from vehicle_ray.artifact import open_artifact, publish, write_artifact
+from vehicle_ray.artifact import open_artifact, publish, require_free_output, write_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import LabeledSet, check_split, read_labeled_csv, split_indices
 from vehicle_ray.distributed import (
@@ -182,8 +182,7 @@ def train(
     if workers < 1:
         raise InputError("--workers must be >= 1")
     out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    require_free_output(out, overwrite)
     data = read_labeled_csv(csv, images, fn_col, label_col)
     train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
     check_split(data, train_idx)
