@@ -42,7 +42,10 @@ def main() -> None:
     csv, images = str(work / "data" / "train.csv"), str(work / "data" / "images")
     rows = {"ray": [], "fastai": []}
     for i in range(args.repeats):
-        wall, out = timed([sys.executable, str(HERE / "plain_fastai_train.py"), csv, images, args.config])
+        export_dir = work / f"fastai{i}"
+        export_dir.mkdir()
+        wall, out = timed([sys.executable, str(HERE / "plain_fastai_train.py"), csv, images, args.config,
+                           str(export_dir)])
         rows["fastai"].append((wall, json.loads(out.strip().splitlines()[-1])["accuracy"]))
         model = work / f"model{i}"
         wall, _ = timed([sys.executable, "-m", "vehicle_ray.cli", "train", "--csv", csv, "--images", images,

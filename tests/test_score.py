@@ -85,16 +85,20 @@ def test_no_tta_equals_fastai_get_preds(trained_model, sample_dir, tmp_path, ray
     assert diff.max() <= 1e-4, diff.max()
 
 
-def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_local):
-    """Same TTA semantics as fastai's Learner.tta. Both sides are random: at n=4 fastai's own tta
-    disagrees with itself by a mean |dp| of about 0.023 on this model, so the comparison uses n=12
-    passes on both sides, where the noise floor sits well below the thresholds."""
+@pytest.mark.parametrize("precision, recorded", [("auto", "int8"), ("full", "fp32")])
+def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_local, precision, recorded):
+    """Same TTA semantics as fastai's Learner.tta, with the augmented passes on the int8 model (the
+    CPU default) and on the fp32 one. Both sides are random: at n=4 fastai's own tta disagrees with
+    itself by a mean |dp| of about 0.023 on this model, so the comparison uses n=12 passes on both
+    sides, where the noise floor sits well below the thresholds."""
     files = sorted((sample_dir / "images").glob("*.jpg"))[:200]
     listing = tmp_path / "list.csv"
     pd.DataFrame({"f": [f.name for f in files]}).to_csv(listing, index=False)
-    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images", opts=ScoreOptions(tta_n=12))
+    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images",
+          opts=ScoreOptions(tta_n=12, tta_precision=precision))
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     assert set(ours["tta_n"]) == {12} and set(ours["tta_beta"]) == {0.25}
+    assert set(ours["tta_aug_precision"]) == {recorded}
     learn, dl = _fastai_test_dl(trained_model, files)
     torch.manual_seed(0)
     theirs, _ = learn.tta(dl=dl, n=12, beta=0.25)
@@ -195,6 +199,8 @@ def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, 
     (lambda m, d, o: ["--model", str(m), "--input", str(d / "nowhere"), "--output", str(o)], "image directory not found"),
     (lambda m, d, o: ["--model", str(m), "--input", str(d / "empty"), "--output", str(o)], "no image files found"),
     (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--output", str(o)], "needs --images"),
+    (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--images", str(d), "--output", str(o),
+                      "--backend", "torch", "--tta-precision", "int8"], "--tta-precision int8 needs"),
 ])
 def test_bad_usage_exits_2(trained_model, tmp_path, make_args, message):
     (tmp_path / "empty").mkdir()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
-from vehicle_ray.artifact import EXPORT_PKL, METRICS_CSV, MODEL_JSON, ONNX, WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.artifact import EXPORT_PKL, METRICS_CSV, MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, load_torch_model, open_artifact
 from vehicle_ray.data import read_labeled_csv, split_indices
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import write_sample_data
@@ -26,7 +26,7 @@ def _load_learner(model_dir):
 
 
 def test_two_workers_learn_and_write_complete_artifact(trained_model):
-    art = open_artifact(trained_model, verify=(EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV))
+    art = open_artifact(trained_model, verify=(EXPORT_PKL, WEIGHTS, ONNX, ONNX_INT8, METRICS_CSV))
     meta = art.meta
     assert meta["metrics"]["accuracy"] >= 0.9, meta["metrics"]
     assert meta["classes"] == ["0", "1"] and meta["arch"] == "resnet18" and meta["input"]["size"] == 64
@@ -120,3 +120,25 @@ def test_offline_pretrained_weights_error_names_the_ways_out(sample_dir, tmp_pat
     assert r.returncode == 2
     assert "--weights" in r.stderr and "--no-pretrained" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
+    """The calibrated int8 copy (used for TTA's augmented passes on CPU) gives the same labels as the
+    fp32 model and probabilities within a few hundredths, on plain and on augmented inputs."""
+    from fastai.torch_core import TensorImage
+
+    from vehicle_ray.decode import decode_image
+    from vehicle_ray.predictor import _onnx_forward, artifact_batch_transforms
+    from vehicle_ray.tta import batch_pipelines
+
+    art = open_artifact(trained_model, verify=(ONNX, ONNX_INT8))
+    fp32, int8 = _onnx_forward(art.path(ONNX), 2), _onnx_forward(art.path(ONNX_INT8), 2)
+    plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:128]
+    images = TensorImage(torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size) for f in files]))
+                         .permute(0, 3, 1, 2))
+    for pipeline in (plain, aug):
+        x = torch.as_tensor(pipeline(images))
+        p32, p8 = (torch.softmax(f(x), dim=-1) for f in (fp32, int8))
+        assert (p32.argmax(1) == p8.argmax(1)).float().mean() >= 0.97
+        assert (p32 - p8).abs().mean() <= 0.03

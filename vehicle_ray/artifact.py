@@ -3,6 +3,8 @@
     export.pkl         fastai learn.export (load_learner), for notebooks and --allow-pickle
     model.safetensors  the weights, no pickle
     model.onnx         the same network for ONNX Runtime (the fast CPU scoring backend)
+    model.int8.onnx    a static-int8 copy of it, calibrated on augmented training batches: the CPU
+                       backend for TTA's augmented passes (the plain pass always runs model.onnx)
     model.json         arch, classes in order, input size/resize/normalisation, augmentation and
                        TTA defaults, validation metrics, library versions, sha256 of every file
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -23,8 +26,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_model
@@ -37,6 +41,8 @@ MODEL_JSON = "model.json"
 EXPORT_PKL = "export.pkl"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+CALIBRATION_IMAGES = 128
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
 FORMAT_VERSION = 1
@@ -68,14 +74,51 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
                       opset_version=17)
 
 
+def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
+    """Static int8 copy of an ONNX model (QDQ, per-channel int8 weights, uint8 activations): about 2x
+    fp32 ONNX Runtime on AVX2 CPUs. Activation ranges come from `batches` (float32 NCHW model inputs)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.feed = ({"image": np.ascontiguousarray(b, dtype=np.float32)} for b in batches)
+
+        def get_next(self):
+            return next(self.feed, None)
+
+    prepared = out.with_suffix(".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # per-channel quantization warns about every rank-1 (BatchNorm1d) weight
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+        prepared.unlink(missing_ok=True)
+
+
+def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.ndarray]:
+    """Augmented, normalised training batches (what TTA's augmented passes feed the model), on the CPU."""
+    seen = 0
+    for xb, *_ in learn.dls.train:
+        if seen >= limit:
+            return
+        seen += len(xb)
+        yield torch.as_tensor(xb).float().cpu().numpy()
+
+
 def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], history: list[dict[str, Any]]) -> dict:
     """Write every artifact file of a trained learner into `directory` (which must exist and be empty)."""
     learn.export(directory / EXPORT_PKL)
     model = learn.model.eval()
     save_model(model, str(directory / WEIGHTS))
     export_onnx(model, recipe.size, directory / ONNX)
+    quantize_onnx(directory / ONNX, directory / ONNX_INT8, calibration_batches(learn))
     pd.DataFrame(history).to_csv(directory / METRICS_CSV, index=False)
-    names = [EXPORT_PKL, WEIGHTS, ONNX, METRICS_CSV]
+    names = [EXPORT_PKL, WEIGHTS, ONNX, ONNX_INT8, METRICS_CSV]
     if history:
         training_curves(pd.DataFrame(history), directory / CURVES_PNG)
         names.append(CURVES_PNG)

@@ -11,9 +11,13 @@ from vehicle_ray.errors import InputError
 
 def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
-    cluster; returns the cluster's resources. Idempotent within a process."""
+    cluster; returns the cluster's resources. Idempotent within a process.
+
+    The embedded cluster lives for one command, so it runs without metrics collection: nothing scrapes
+    it, and the raylet would otherwise wait ~5 s for the metrics agent before the first task."""
     if not ray.is_initialized():
-        kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus}
+        kwargs = {} if os.environ.get("RAY_ADDRESS") else {
+            "num_cpus": num_cpus, "_system_config": {"enable_metrics_collection": False}}
         ray.init(logging_level="ERROR", log_to_driver=True, configure_logging=True, **kwargs)
     return ray.cluster_resources()
 

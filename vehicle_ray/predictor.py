@@ -3,7 +3,8 @@
 Two sources: a vehicle_ray artifact (model.json + safetensors/ONNX, sha256-verified, never unpickled)
 or, with --allow-pickle, any fastai export.pkl (its augmentation and input size come from the learner).
 Backends: ONNX Runtime on CPU (about twice eager PyTorch's speed on CPU), eager PyTorch (bf16 autocast
-on GPU, channels_last).
+on GPU, channels_last). On CPU, TTA's augmented passes can run the artifact's static-int8 ONNX model
+(about twice fp32 ONNX again); the plain pass always runs the full-precision model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from vehicle_ray.artifact import EXPORT_PKL, ONNX, WEIGHTS, load_torch_model, open_artifact, sha256_file
+from vehicle_ray.artifact import EXPORT_PKL, ONNX, ONNX_INT8, WEIGHTS, load_torch_model, open_artifact, sha256_file
 from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
@@ -41,6 +42,7 @@ class ModelSpec:
     model_sha256: str
     tta_defaults: TTASettings
     has_onnx: bool
+    has_int8: bool = False
 
 
 def _pickle_learner(directory: Path):
@@ -92,7 +94,7 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
         return ModelSpec(source=str(model), directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
                          resize_method=art.meta["input"]["resize_method"], model_id=art.meta["model_id"],
                          model_sha256=art.meta["model_sha256"], tta_defaults=TTASettings(tta["n"], tta["beta"]),
-                         has_onnx=ONNX in art.meta["files"])
+                         has_onnx=ONNX in art.meta["files"], has_int8=ONNX_INT8 in art.meta["files"])
     if not allow_pickle:
         raise InputError(f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
                          "(unpickling runs code from the file: only for models you trust)")
@@ -137,6 +139,7 @@ class Predictor:
     def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1,
                  emit_plain: bool = False):
         use_gpu = torch.cuda.is_available()
+        self.aug_forward = None  # None: the augmented passes use self.forward
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(threads)
         directory = spec.directory if spec.directory.exists() else local_model(spec.source)
@@ -146,7 +149,9 @@ class Predictor:
             model = learn.model
             self.forward = _torch_forward(model, self.device)
         else:
-            art = open_artifact(directory, verify=(WEIGHTS, ONNX) if spec.has_onnx else (WEIGHTS,))
+            int8 = tta.aug_precision == "int8"
+            verify = (WEIGHTS,) + ((ONNX,) if spec.has_onnx else ()) + ((ONNX_INT8,) if int8 else ())
+            art = open_artifact(directory, verify=verify)
             transforms = artifact_batch_transforms(art.meta)
             if backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx):
                 if not spec.has_onnx:
@@ -154,6 +159,8 @@ class Predictor:
                 self.forward = _onnx_forward(art.path(ONNX), threads)
             else:
                 self.forward = _torch_forward(load_torch_model(art), self.device)
+            if int8:
+                self.aug_forward = _onnx_forward(art.path(ONNX_INT8), threads)
         if self.device.type == "cuda":
             for t in transforms:
                 if hasattr(t, "to"):
@@ -170,7 +177,8 @@ class Predictor:
         plain = probs.copy()
         if ok.any():
             images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
-            blended, plain_pass = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta)
+            blended, plain_pass = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta,
+                                                      self.aug_forward)
             probs[ok], plain[ok] = blended.cpu().numpy(), plain_pass.cpu().numpy()
         best = probs.argmax(axis=1)
         columns = {

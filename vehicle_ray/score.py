@@ -12,7 +12,7 @@ import itertools
 import posixpath
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +45,7 @@ class ScoreOptions:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     backend: str = "auto"
+    tta_precision: str = "auto"  # of the augmented passes: auto (int8 where possible), int8, full
     max_pixels: int = DEFAULT_MAX_PIXELS
     incremental: bool = False
     overwrite: bool = False
@@ -181,13 +182,27 @@ def _split_outputs(store: OutputStore, run_id: str) -> tuple[int, int]:
 
 def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
     if opts.no_tta:
-        return TTASettings(n=0, beta=1.0, use_max=False)
+        return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none")
     d = spec.tta_defaults
     settings = TTASettings(n=d.n if opts.tta_n is None else opts.tta_n,
                            beta=d.beta if opts.tta_beta is None else opts.tta_beta, use_max=opts.tta_max)
     if settings.n < 0 or not 0.0 <= settings.beta <= 1.0:
         raise InputError("--tta-n must be >= 0 and --tta-beta within [0, 1]")
-    return settings
+    return replace(settings, aug_precision=aug_precision(spec, opts) if settings.n else "none")
+
+
+def aug_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
+    """What TTA's augmented passes run on. auto: the artifact's int8 ONNX model on CPU actors (about
+    twice as fast; the passes are random perturbations anyway, and the plain pass stays exact), else
+    the plain pass's precision: bf16 on GPU actors, fp32 on CPU."""
+    full = "bf16" if opts.gpus_per_actor > 0 else "fp32"
+    int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
+    if opts.tta_precision not in ("auto", "int8", "full"):
+        raise InputError("--tta-precision must be one of auto, int8, full")
+    if opts.tta_precision == "int8" and not int8_possible:
+        raise InputError("--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "
+                         "model.int8.onnx; use --tta-precision full")
+    return "int8" if int8_possible and opts.tta_precision != "full" else full
 
 
 def score(model: str | Path, source: str | Path, output: str | Path, images: str | Path | None = None,
@@ -220,7 +235,8 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     done = store.done_hashes() if opts.incremental else np.empty(0, dtype=np.uint64)
     manifest, listed, new = write_manifest(store, run_id, root, chunks, done)
     print(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, beta={tta.beta}"
-          f"{', max' if tta.use_max else ''}); {plan.actors} actor(s) x {plan.cpus_per_actor:g} CPU"
+          f"{', max' if tta.use_max else ''}, augmented passes {tta.aug_precision}); "
+          f"{plan.actors} actor(s) x {plan.cpus_per_actor:g} CPU"
           f"{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''}, {plan.threads} threads each",
           flush=True)
     if new:

@@ -3,10 +3,10 @@
 fastai's `Learner.tta(n, beta, use_max)` re-reads and re-decodes every file for each of its n
 augmented passes. Here the n passes apply fastai's own batch transforms (split_idx=0: the training-time
 augmentation) to the already-decoded uint8 batch, on whatever device the model is on, and all n+1
-passes go through the model as one batch:
+augmented passes go through the model as one batch:
 
     plain = softmax(model(plain_tfms(x)))
-    aug   = mean_i softmax(model(aug_tfms(x)))      (max with use_max)
+    aug   = mean_i softmax(aug_model(aug_tfms(x)))  (max with use_max)
     probs = lerp(aug, plain, beta) = beta*plain + (1-beta)*aug
             (use_max: elementwise max of plain and aug, as fastai)
 """
@@ -26,9 +26,11 @@ class TTASettings:
     n: int = 4
     beta: float = 0.25
     use_max: bool = False
+    aug_precision: str = "fp32"  # the augmented passes' model: fp32, int8 (ONNX on CPU), bf16 (GPU); none if n=0
 
     def as_columns(self) -> dict[str, object]:
-        return {"tta_n": self.n, "tta_beta": self.beta, "tta_max": self.use_max}
+        return {"tta_n": self.n, "tta_beta": self.beta, "tta_max": self.use_max,
+                "tta_aug_precision": self.aug_precision}
 
 
 def batch_pipelines(transforms: list) -> tuple[Pipeline, Pipeline]:
@@ -42,16 +44,17 @@ def tta_probabilities(
     plain_tfms: Pipeline,
     aug_tfms: Pipeline,
     settings: TTASettings,
+    aug_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TTA probabilities, plain-pass probabilities) for a uint8 NCHW batch, blended as Learner.tta."""
+    """(TTA probabilities, plain-pass probabilities) for a uint8 NCHW batch, blended as Learner.tta.
+    `aug_forward` (default: `forward`) runs the augmented passes, e.g. on a quantized model."""
     x = TensorImage(images)
-    passes = [plain_tfms(x)] + [aug_tfms(x) for _ in range(settings.n)]
-    logits = forward(torch.cat([torch.as_tensor(p) for p in passes]))
-    probs = torch.softmax(logits.float(), dim=-1).view(len(passes), len(images), -1)
-    plain = probs[0]
+    plain = torch.softmax(forward(torch.as_tensor(plain_tfms(x))).float(), dim=-1)
     if settings.n == 0:
         return plain, plain
-    aug = probs[1:].max(0).values if settings.use_max else probs[1:].mean(0)
+    passes = torch.cat([torch.as_tensor(aug_tfms(x)) for _ in range(settings.n)])
+    probs = torch.softmax((aug_forward or forward)(passes).float(), dim=-1).view(settings.n, len(images), -1)
+    aug = probs.max(0).values if settings.use_max else probs.mean(0)
     if settings.use_max:
         return torch.maximum(plain, aug), plain
     return torch.lerp(aug, plain, settings.beta), plain
