@@ -78,23 +78,11 @@ def timed(cmd: list[str], measure_memory: bool = False) -> tuple[float, int]:
     return wall, peak[0]
 
 
-def main() -> None:
-    from vehicle_ray.sample_data import write_sample_data
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_score_"))
-    make_model(work, args.size)
-    write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
-    images, model = work / "dump" / "images", work / "model"
+def timings(args, work: Path, images: Path, model: Path) -> dict:
+    """Medians of --repeats whole-process runs of each side, and the ratios."""
     py = sys.executable
-    walls = {"vehicle_ray": [], "fastai_tta": []}
-    bounds = []
+    walls: dict[str, list[float]] = {"vehicle_ray": [], "fastai_tta": []}
+    bounds: list[float] = []
     for i in range(args.repeats):
         out = work / f"out{i}"
         walls["vehicle_ray"].append(timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model),
@@ -109,13 +97,32 @@ def main() -> None:
     n = args.images
     med = {k: statistics.median(v) for k, v in walls.items()}
     bound = statistics.median(bounds)
-    result = {
-        "images": n, "size": args.size, "repeats": args.repeats, "threads": args.threads,
+    return {
         "median_wall_s": {**med, "forward_bound": bound},
         "images_per_s": {k: round(n / v, 2) for k, v in {**med, "forward_bound": bound}.items()},
         "speedup_vs_fastai_tta": round(med["fastai_tta"] / med["vehicle_ray"], 3),
         "speedup_vs_forward_bound": round(bound / med["vehicle_ray"], 3),
     }
+
+
+def main() -> None:
+    from vehicle_ray.sample_data import write_sample_data
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3, help="0: skip the timings (e.g. with --memory)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_score_"))
+    make_model(work, args.size)
+    write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
+    images, model = work / "dump" / "images", work / "model"
+    py = sys.executable
+    result: dict = {"images": args.images, "size": args.size, "repeats": args.repeats, "threads": args.threads}
+    if args.repeats:
+        result.update(timings(args, work, images, model))
     if args.memory:
         big = work / "dump10x" / "images"
         big.mkdir(parents=True)
