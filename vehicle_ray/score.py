@@ -31,6 +31,8 @@ from vehicle_ray.predictor import BACKENDS, ModelSpec, Predictor, resolve_model
 from vehicle_ray.tta import TTASettings
 
 MANIFEST_CHUNK = 100_000
+MIN_READ_AHEAD_BYTES = 256 * 2**20
+READ_AHEAD_BATCHES = 8  # decoded batches per actor that may wait in the object store
 ERROR_COLUMNS = ["path", "error", "model_id", "model_sha256"]
 
 
@@ -254,8 +256,18 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     return summary
 
 
+def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int:
+    """Object-store cap for the pipeline. Decoding runs far ahead of the model (~50x on CPU), and
+    uncapped Ray Data buffers decoded blocks up to its whole object-store budget, so memory would
+    grow with the dump; a few batches per actor keep every actor fed."""
+    return max(MIN_READ_AHEAD_BYTES, plan.actors * READ_AHEAD_BATCHES * batch_size * size * size * 3)
+
+
 def _run_pipeline(store: OutputStore, run_id: str, manifest: str, root: ImageRoot, spec: ModelSpec,
                   tta: TTASettings, plan: Plan, opts: ScoreOptions) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=read_ahead_bytes(plan, spec.size, opts.batch_size))
     ds = ray.data.read_parquet(manifest, filesystem=store.fs)
     # num_cpus below the actors' keeps Ray Data from fusing decode into the actor: decoding stays in
     # parallel CPU tasks and the actors only run the model.
