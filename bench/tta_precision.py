@@ -17,7 +17,7 @@ import torch
 
 from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
 from vehicle_ray.decode import decode_image
-from vehicle_ray.predictor import _onnx_forward, artifact_batch_transforms
+from vehicle_ray.predictor import onnx_forward, artifact_batch_transforms
 from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     art = open_artifact(args.model, verify=(ONNX, ONNX_INT8))
-    fp32, int8 = _onnx_forward(art.path(ONNX), args.threads), _onnx_forward(art.path(ONNX_INT8), args.threads)
+    fp32, int8 = onnx_forward(art.path(ONNX), args.threads), onnx_forward(art.path(ONNX_INT8), args.threads)
     plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
     settings = TTASettings(n=args.n, beta=art.meta["tta"]["beta"])
     files = sorted(Path(args.images).iterdir())[: args.limit]

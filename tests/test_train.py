@@ -128,11 +128,11 @@ def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
     from fastai.torch_core import TensorImage
 
     from vehicle_ray.decode import decode_image
-    from vehicle_ray.predictor import _onnx_forward, artifact_batch_transforms
+    from vehicle_ray.predictor import onnx_forward, artifact_batch_transforms
     from vehicle_ray.tta import batch_pipelines
 
     art = open_artifact(trained_model, verify=(ONNX, ONNX_INT8))
-    fp32, int8 = _onnx_forward(art.path(ONNX), 2), _onnx_forward(art.path(ONNX_INT8), 2)
+    fp32, int8 = onnx_forward(art.path(ONNX), 2), onnx_forward(art.path(ONNX_INT8), 2)
     plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
     files = sorted((sample_dir / "images").glob("*.jpg"))[:128]
     images = TensorImage(torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size) for f in files]))

@@ -106,7 +106,8 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
                      tta_defaults=TTASettings(), has_onnx=False)
 
 
-def _onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits = forward(normalised NCHW float batch) on an ONNX Runtime CPU session of `path`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -156,11 +157,11 @@ class Predictor:
             if backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx):
                 if not spec.has_onnx:
                     raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
-                self.forward = _onnx_forward(art.path(ONNX), threads)
+                self.forward = onnx_forward(art.path(ONNX), threads)
             else:
                 self.forward = _torch_forward(load_torch_model(art), self.device)
             if int8:
-                self.aug_forward = _onnx_forward(art.path(ONNX_INT8), threads)
+                self.aug_forward = onnx_forward(art.path(ONNX_INT8), threads)
         if self.device.type == "cuda":
             for t in transforms:
                 if hasattr(t, "to"):
