@@ -36,15 +36,14 @@ def main() -> None:
     settings = TTASettings(n=args.n, beta=art.meta["tta"]["beta"])
     files = sorted(Path(args.images).iterdir())[: args.limit]
 
+    decoded = [torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size, art.meta["input"]["resize_method"])
+                                          for f in files[i:i + 64]])).permute(0, 3, 1, 2)
+               for i in range(0, len(files), 64)]
+
     def run(seed: int, aug_forward) -> np.ndarray:
         torch.manual_seed(seed)
-        out = []
-        for i in range(0, len(files), 64):
-            batch = np.stack([decode_image(f.read_bytes(), art.size, art.meta["input"]["resize_method"])
-                              for f in files[i:i + 64]])
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-            out.append(tta_probabilities(fp32, x, plain, aug, settings, aug_forward)[0].numpy())
-        return np.concatenate(out)
+        return np.concatenate([tta_probabilities(fp32, x, plain, aug, settings, aug_forward)[0].numpy()
+                               for x in decoded])
 
     def compare(a: np.ndarray, b: np.ndarray) -> dict:
         d = np.abs(a - b)

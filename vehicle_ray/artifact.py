@@ -104,10 +104,10 @@ def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.n
     """Augmented, normalised training batches (what TTA's augmented passes feed the model), on the CPU."""
     seen = 0
     for xb, *_ in learn.dls.train:
+        yield torch.as_tensor(xb).float().cpu().numpy()
+        seen += len(xb)
         if seen >= limit:
             return
-        seen += len(xb)
-        yield torch.as_tensor(xb).float().cpu().numpy()
 
 
 def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], history: list[dict[str, Any]]) -> dict:

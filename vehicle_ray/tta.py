@@ -2,8 +2,8 @@
 
 fastai's `Learner.tta(n, beta, use_max)` re-reads and re-decodes every file for each of its n
 augmented passes. Here the n passes apply fastai's own batch transforms (split_idx=0: the training-time
-augmentation) to the already-decoded uint8 batch, on whatever device the model is on, and all n+1
-augmented passes go through the model as one batch:
+augmentation) to the already-decoded uint8 batch, on whatever device the model is on, and the n
+augmented passes go through the augmented-pass model (`aug_model`, by default the same) as one batch:
 
     plain = softmax(model(plain_tfms(x)))
     aug   = mean_i softmax(aug_model(aug_tfms(x)))  (max with use_max)
