@@ -81,14 +81,15 @@ def test_no_tta_equals_fastai_get_preds(trained_model, sample_dir, tmp_path, ray
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     learn, dl = _fastai_test_dl(trained_model, files)
     theirs, _ = learn.get_preds(dl=dl)
+    assert set(ours["tta_plain_precision"]) == {"fp32"} and set(ours["tta_aug_precision"]) == {"none"}
     diff = np.abs(np.stack(ours["probabilities"].to_numpy()) - theirs.numpy())
     assert diff.max() <= 1e-4, diff.max()
 
 
 @pytest.mark.parametrize("precision, recorded", [("auto", "int8"), ("full", "fp32")])
 def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_local, precision, recorded):
-    """Same TTA semantics as fastai's Learner.tta, with the augmented passes on the int8 model (the
-    CPU default) and on the fp32 one. Both sides are random: at n=4 fastai's own tta disagrees with
+    """Same TTA semantics as fastai's Learner.tta, with every pass on the int8 model (the CPU
+    default) and on the fp32 one. Both sides are random: at n=4 fastai's own tta disagrees with
     itself by a mean |dp| of about 0.023 on this model, so the comparison uses n=12 passes on both
     sides, where the noise floor sits well below the thresholds."""
     files = sorted((sample_dir / "images").glob("*.jpg"))[:200]
@@ -98,7 +99,7 @@ def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_loc
           opts=ScoreOptions(tta_n=12, tta_precision=precision))
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     assert set(ours["tta_n"]) == {12} and set(ours["tta_beta"]) == {0.25}
-    assert set(ours["tta_aug_precision"]) == {recorded}
+    assert set(ours["tta_aug_precision"]) == {recorded} and set(ours["tta_plain_precision"]) == {recorded}
     learn, dl = _fastai_test_dl(trained_model, files)
     torch.manual_seed(0)
     theirs, _ = learn.tta(dl=dl, n=12, beta=0.25)
@@ -210,14 +211,17 @@ def test_bad_usage_exits_2(trained_model, tmp_path, make_args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_tampered_weights_are_refused(trained_model, tmp_path):
+@pytest.mark.parametrize("tampered, flags", [("model.safetensors", []), ("model.int8.onnx", []),
+                                             ("model.onnx", ["--tta-precision", "full"])])
+def test_tampered_model_files_are_refused(trained_model, tmp_path, tampered, flags):
+    """Whichever file the passes would run on (and the weights, the model's identity) is verified."""
     copy = tmp_path / "model"
     shutil.copytree(trained_model, copy)
-    with open(copy / "model.safetensors", "r+b") as f:
+    with open(copy / tampered, "r+b") as f:
         f.seek(-8, 2)
         f.write(b"\x00" * 8)
-    r = run_cli("score", "--model", str(copy), "--input", str(tmp_path), "--output", str(tmp_path / "o"))
-    assert r.returncode == 2 and "does not match the sha256" in r.stderr
+    r = run_cli("score", "--model", str(copy), "--input", str(tmp_path), "--output", str(tmp_path / "o"), *flags)
+    assert r.returncode == 2 and f"{tampered} does not match the sha256" in r.stderr, r.stderr
 
 
 def test_allow_pickle_scores_a_plain_fastai_export(trained_model, sample_dir, tmp_path, ray_local):

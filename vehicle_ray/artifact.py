@@ -26,16 +26,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_model
 
 from vehicle_ray.errors import InputError
 from vehicle_ray.plots import training_curves
 from vehicle_ray.recipe import Recipe
+
+if TYPE_CHECKING:  # torch is imported where it is used: the scoring driver reads artifacts without it
+    import torch
 
 MODEL_JSON = "model.json"
 EXPORT_PKL = "export.pkl"
@@ -59,6 +60,7 @@ def sha256_file(path: Path) -> str:
 def library_versions() -> dict[str, str]:
     import fastai
     import ray
+    import torch
     import torchvision
 
     return {"python": platform.python_version(), "torch": torch.__version__,
@@ -67,6 +69,8 @@ def library_versions() -> dict[str, str]:
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
     """Trace the eval-mode network to ONNX with a dynamic batch axis (TorchScript exporter: no onnxscript)."""
+    import torch
+
     model = model.eval().float().cpu()
     dummy = torch.zeros(2, 3, size, size)
     torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
@@ -102,6 +106,8 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
 
 def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.ndarray]:
     """Augmented, normalised training batches (what TTA's augmented passes feed the model), on the CPU."""
+    import torch
+
     seen = 0
     for xb, *_ in learn.dls.train:
         yield torch.as_tensor(xb).float().cpu().numpy()
@@ -112,6 +118,8 @@ def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.n
 
 def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], history: list[dict[str, Any]]) -> dict:
     """Write every artifact file of a trained learner into `directory` (which must exist and be empty)."""
+    from safetensors.torch import save_model
+
     learn.export(directory / EXPORT_PKL)
     model = learn.model.eval()
     save_model(model, str(directory / WEIGHTS))
@@ -216,6 +224,7 @@ def open_artifact(directory: str | Path, verify: tuple[str, ...] = (WEIGHTS,)) -
 def load_torch_model(artifact: Artifact) -> torch.nn.Module:
     """Rebuild the fastai vision model from model.json and load the safetensors weights (no pickle)."""
     from fastai.vision.learner import create_vision_model
+    from safetensors.torch import load_file
 
     from vehicle_ray.learner import arch_fn
 

@@ -171,8 +171,8 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
 @click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.")
 @click.option("--tta-precision", type=click.Choice(["auto", "int8", "full"]), default="auto", show_default=True,
-              help="Model for the augmented TTA passes. auto: the artifact's int8 ONNX model on CPU actors "
-                   "(~2x faster), else full; full: the same model as the plain pass.")
+              help="Model for TTA's passes. auto: the artifact's int8 ONNX model on CPU actors (~2x faster), "
+                   "else full precision; --no-tta always runs full precision.")
 @click.option("--max-pixels", default=100_000_000, show_default=True, help="Larger images go to errors/ (decompression bombs).")
 @click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
 @click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")

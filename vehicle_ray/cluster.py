@@ -13,13 +13,16 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
     cluster; returns the cluster's resources. Idempotent within a process.
 
-    The embedded cluster lives for one command on one machine, so it runs without metrics collection
-    (nothing scrapes it, and the raylet would otherwise wait ~5 s for the metrics agent before the
-    first task) and without Ray Train's node-preemption watcher (one more process, no spot nodes)."""
+    The embedded cluster lives for one command on one machine, so it runs without a dashboard (ten
+    processes that start in ~1.5 s and then take CPU from the work on a small machine; a cluster
+    started with `ray start --head` has one), without metrics collection (nothing scrapes it, and the
+    raylet would otherwise wait ~5 s for the metrics agent before the first task) and without Ray
+    Train's node-preemption watcher (one more process, no spot nodes)."""
     if not ray.is_initialized():
         kwargs = {}
         if not os.environ.get("RAY_ADDRESS"):
-            kwargs = {"num_cpus": num_cpus, "_system_config": {"enable_metrics_collection": False}}
+            kwargs = {"num_cpus": num_cpus, "include_dashboard": False,
+                      "_system_config": {"enable_metrics_collection": False}}
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(logging_level="ERROR", log_to_driver=True, configure_logging=True, **kwargs)
     return ray.cluster_resources()

@@ -3,8 +3,11 @@
 Two sources: a vehicle_ray artifact (model.json + safetensors/ONNX, sha256-verified, never unpickled)
 or, with --allow-pickle, any fastai export.pkl (its augmentation and input size come from the learner).
 Backends: ONNX Runtime on CPU (about twice eager PyTorch's speed on CPU), eager PyTorch (bf16 autocast
-on GPU, channels_last). On CPU, TTA's augmented passes can run the artifact's static-int8 ONNX model
-(about twice fp32 ONNX again); the plain pass always runs the full-precision model.
+on GPU, channels_last). On CPU, TTA's passes can run the artifact's static-int8 ONNX model (about twice
+fp32 ONNX again); without TTA the plain pass always runs the full-precision model.
+
+torch and fastai are imported inside the functions that use them: the driver pickles `Predictor` by
+reference and reads ModelSpec, and would otherwise pay seconds of imports it never uses.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import torch
 
 from vehicle_ray.artifact import EXPORT_PKL, ONNX, ONNX_INT8, WEIGHTS, load_torch_model, open_artifact, sha256_file
 from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -109,6 +114,7 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
 def onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """logits = forward(normalised NCHW float batch) on an ONNX Runtime CPU session of `path`."""
     import onnxruntime as ort
+    import torch
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -123,6 +129,8 @@ def onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Ten
 
 
 def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch
+
     model = model.eval().to(device).to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -139,29 +147,19 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1,
                  emit_plain: bool = False):
+        import torch
+
         use_gpu = torch.cuda.is_available()
-        self.aug_forward = None  # None: the augmented passes use self.forward
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(threads)
         directory = spec.directory if spec.directory.exists() else local_model(spec.source)
         if spec.allow_pickle:
             _, learn = _pickle_learner(directory)
             transforms = list(learn.dls.after_batch.fs)
-            model = learn.model
-            self.forward = _torch_forward(model, self.device)
+            self.forward = self.aug_forward = _torch_forward(learn.model, self.device)
         else:
-            int8 = tta.aug_precision == "int8"
-            verify = (WEIGHTS,) + ((ONNX,) if spec.has_onnx else ()) + ((ONNX_INT8,) if int8 else ())
-            art = open_artifact(directory, verify=verify)
-            transforms = artifact_batch_transforms(art.meta)
-            if backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx):
-                if not spec.has_onnx:
-                    raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
-                self.forward = onnx_forward(art.path(ONNX), threads)
-            else:
-                self.forward = _torch_forward(load_torch_model(art), self.device)
-            if int8:
-                self.aug_forward = onnx_forward(art.path(ONNX_INT8), threads)
+            transforms, self.forward, self.aug_forward = _artifact_forwards(spec, tta, directory, backend, use_gpu,
+                                                                            threads, self.device)
         if self.device.type == "cuda":
             for t in transforms:
                 if hasattr(t, "to"):
@@ -177,6 +175,8 @@ class Predictor:
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         plain = probs.copy()
         if ok.any():
+            import torch
+
             images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
             blended, plain_pass = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta,
                                                       self.aug_forward)
@@ -199,6 +199,27 @@ class Predictor:
 
 def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
     return pa.array([p.tolist() if good else None for p, good in zip(probs, ok)], pa.list_(pa.float32()))
+
+
+def pass_files(spec: ModelSpec, tta: TTASettings, backend: str, use_gpu: bool) -> tuple[str, str]:
+    """(plain-pass file, augmented-pass file): the artifact files the model actors load, so the driver
+    can verify them before any actor starts and each actor loads and verifies only those."""
+    use_onnx = backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx)
+    if use_onnx and not spec.has_onnx:
+        raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
+    full = ONNX if use_onnx else WEIGHTS
+    return (ONNX_INT8 if tta.plain_precision == "int8" else full,
+            ONNX_INT8 if tta.aug_precision == "int8" else full)
+
+
+def _artifact_forwards(spec: ModelSpec, tta: TTASettings, directory: Path, backend: str, use_gpu: bool,
+                       threads: int, device: torch.device) -> tuple[list, Callable, Callable]:
+    """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact."""
+    plain, aug = pass_files(spec, tta, backend, use_gpu)
+    art = open_artifact(directory, verify=tuple(sorted({plain, aug})))
+    forwards = {name: _torch_forward(load_torch_model(art), device) if name == WEIGHTS
+                else onnx_forward(art.path(name), threads) for name in {plain, aug}}
+    return artifact_batch_transforms(art.meta), forwards[plain], forwards[aug]
 
 
 def artifact_batch_transforms(meta: dict[str, Any]) -> list:

@@ -22,12 +22,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from vehicle_ray.artifact import open_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot, check_file_names, open_root, read_csv, resolve_column
 from vehicle_ray.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_batch
 from vehicle_ray.errors import InputError
 from vehicle_ray.outputs import ERRORS, PREDICTIONS, STAGING, OutputStore, path_hashes
-from vehicle_ray.predictor import BACKENDS, ModelSpec, Predictor, resolve_model
+from vehicle_ray.predictor import BACKENDS, ModelSpec, Predictor, pass_files, resolve_model
 from vehicle_ray.tta import TTASettings
 
 MANIFEST_CHUNK = 100_000
@@ -47,7 +48,7 @@ class ScoreOptions:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     backend: str = "auto"
-    tta_precision: str = "auto"  # of the augmented passes: auto (int8 where possible), int8, full
+    tta_precision: str = "auto"  # of TTA's passes: auto (int8 where possible), int8, full
     max_pixels: int = DEFAULT_MAX_PIXELS
     incremental: bool = False
     overwrite: bool = False
@@ -183,20 +184,25 @@ def _split_outputs(store: OutputStore, run_id: str) -> tuple[int, int]:
 
 
 def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
+    full = "bf16" if opts.gpus_per_actor > 0 else "fp32"
     if opts.no_tta:
-        return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none")
+        return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none", plain_precision=full)
     d = spec.tta_defaults
     settings = TTASettings(n=d.n if opts.tta_n is None else opts.tta_n,
                            beta=d.beta if opts.tta_beta is None else opts.tta_beta, use_max=opts.tta_max)
     if settings.n < 0 or not 0.0 <= settings.beta <= 1.0:
         raise InputError("--tta-n must be >= 0 and --tta-beta within [0, 1]")
-    return replace(settings, aug_precision=aug_precision(spec, opts) if settings.n else "none")
+    if settings.n == 0:
+        return replace(settings, aug_precision="none", plain_precision=full)
+    precision = tta_precision(spec, opts)
+    # evaluate reports the plain pass's accuracy on its own (TTA off): there that pass stays exact
+    return replace(settings, aug_precision=precision, plain_precision=full if opts.emit_plain else precision)
 
 
-def aug_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
-    """What TTA's augmented passes run on. auto: the artifact's int8 ONNX model on CPU actors (about
-    twice as fast; the passes are random perturbations anyway, and the plain pass stays exact), else
-    the plain pass's precision: bf16 on GPU actors, fp32 on CPU."""
+def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
+    """What TTA's passes run on. auto: the artifact's int8 ONNX model on CPU actors (about twice as
+    fast; TTA's blend moves less under int8 than under a different draw of its own augmentations),
+    else full precision: bf16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
     full = "bf16" if opts.gpus_per_actor > 0 else "fp32"
     int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
     if opts.tta_precision not in ("auto", "int8", "full"):
@@ -217,6 +223,8 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
         raise InputError("--batch-size must be >= 1")
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
+    if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
+        open_artifact(spec.directory, verify=tuple(set(pass_files(spec, tta, opts.backend, opts.gpus_per_actor > 0))))
     root, chunks = iter_listing(source, images, opts)
     first = next(chunks, None)
     if first is None:
@@ -237,7 +245,7 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     done = store.done_hashes() if opts.incremental else np.empty(0, dtype=np.uint64)
     manifest, listed, new = write_manifest(store, run_id, root, chunks, done)
     print(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, beta={tta.beta}"
-          f"{', max' if tta.use_max else ''}, augmented passes {tta.aug_precision}); "
+          f"{', max' if tta.use_max else ''}, passes {_precisions(tta)}); "
           f"{plan.actors} actor(s) x {plan.cpus_per_actor:g} CPU"
           f"{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''}, {plan.threads} threads each",
           flush=True)
@@ -256,6 +264,12 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     return summary
 
 
+def _precisions(tta: TTASettings) -> str:
+    if tta.aug_precision in ("none", tta.plain_precision):
+        return tta.plain_precision
+    return f"plain {tta.plain_precision}, augmented {tta.aug_precision}"
+
+
 def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int:
     """Object-store cap for the pipeline. Decoding runs far ahead of the model (~50x on CPU), and
     uncapped Ray Data buffers decoded blocks up to its whole object-store budget, so memory would
@@ -268,7 +282,9 @@ def _run_pipeline(store: OutputStore, run_id: str, manifest: str, root: ImageRoo
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=read_ahead_bytes(plan, spec.size, opts.batch_size))
-    ds = ray.data.read_parquet(manifest, filesystem=store.fs)
+    # Manifest files hold up to MANIFEST_CHUNK rows each: split them into batch-sized blocks so each
+    # decode task is one batch (decoding spreads over the cluster, progress moves batch by batch).
+    ds = ray.data.read_parquet(manifest, filesystem=store.fs).repartition(target_num_rows_per_block=opts.batch_size)
     # num_cpus below the actors' keeps Ray Data from fusing decode into the actor: decoding stays in
     # parallel CPU tasks and the actors only run the model.
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=0.5,

@@ -14,11 +14,11 @@ augmented passes go through the augmented-pass model (`aug_model`, by default th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from fastai.torch_core import TensorImage
-from fasttransform import Pipeline
+if TYPE_CHECKING:  # imported where used: the scoring driver needs TTASettings without torch or fastai
+    import torch
+    from fasttransform import Pipeline
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,17 @@ class TTASettings:
     beta: float = 0.25
     use_max: bool = False
     aug_precision: str = "fp32"  # the augmented passes' model: fp32, int8 (ONNX on CPU), bf16 (GPU); none if n=0
+    plain_precision: str = "fp32"  # the plain pass's model: fp32, bf16 (GPU), int8 (only with int8 augmented passes)
 
     def as_columns(self) -> dict[str, object]:
         return {"tta_n": self.n, "tta_beta": self.beta, "tta_max": self.use_max,
-                "tta_aug_precision": self.aug_precision}
+                "tta_aug_precision": self.aug_precision, "tta_plain_precision": self.plain_precision}
 
 
 def batch_pipelines(transforms: list) -> tuple[Pipeline, Pipeline]:
     """(plain, augmented) fastai Pipelines from a list of batch transforms (IntToFloatTensor, augs, Normalize)."""
+    from fasttransform import Pipeline
+
     return Pipeline(transforms, split_idx=1), Pipeline(transforms, split_idx=0)
 
 
@@ -48,6 +51,9 @@ def tta_probabilities(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(TTA probabilities, plain-pass probabilities) for a uint8 NCHW batch, blended as Learner.tta.
     `aug_forward` (default: `forward`) runs the augmented passes, e.g. on a quantized model."""
+    import torch
+    from fastai.torch_core import TensorImage
+
     x = TensorImage(images)
     plain = torch.softmax(forward(torch.as_tensor(plain_tfms(x))).float(), dim=-1)
     if settings.n == 0:
