@@ -1,8 +1,8 @@
 """How much the int8 augmented passes change TTA results, with the augmentation noise taken out.
 
 Runs the scorer's own TTA on the same decoded images twice with the same random augmentations
-(same torch seed): once with every pass on the fp32 ONNX model, once with the augmented passes on
-the artifact's int8 model. Prints label agreement and |dp| between the two, and the same figures for
+(same torch seed): once with every pass on the fp32 ONNX model, once with every pass on the
+artifact's int8 model (what `--tta-precision auto` runs on CPU). Prints label agreement and |dp| between the two, and the same figures for
 two fp32 runs with different seeds (fastai-style TTA's own noise), for scale.
 
     .venv/bin/python bench/tta_precision.py MODEL_DIR IMAGE_DIR [--images 600] [--n 4]
@@ -40,10 +40,9 @@ def main() -> None:
                                           for f in files[i:i + 64]])).permute(0, 3, 1, 2)
                for i in range(0, len(files), 64)]
 
-    def run(seed: int, aug_forward) -> np.ndarray:
+    def run(seed: int, forward) -> np.ndarray:
         torch.manual_seed(seed)
-        return np.concatenate([tta_probabilities(fp32, x, plain, aug, settings, aug_forward)[0].numpy()
-                               for x in decoded])
+        return np.concatenate([tta_probabilities(forward, x, plain, aug, settings)[0].numpy() for x in decoded])
 
     def compare(a: np.ndarray, b: np.ndarray) -> dict:
         d = np.abs(a - b)

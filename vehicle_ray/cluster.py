@@ -9,21 +9,23 @@ import ray
 from vehicle_ray.errors import InputError
 
 
-def init_ray(num_cpus: int | None = None) -> dict[str, float]:
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
     cluster; returns the cluster's resources. Idempotent within a process.
 
-    The embedded cluster lives for one command on one machine, so it runs without a dashboard (ten
-    processes that start in ~1.5 s and then take CPU from the work on a small machine; a cluster
-    started with `ray start --head` has one), without metrics collection (nothing scrapes it, and the
-    raylet would otherwise wait ~5 s for the metrics agent before the first task) and without Ray
-    Train's node-preemption watcher (one more process, no spot nodes)."""
+    The embedded cluster lives for one command on one machine, so it runs without metrics collection
+    (nothing scrapes it, and the raylet would otherwise wait ~5 s for the metrics agent before the
+    first task), without Ray Train's metrics and node-preemption watcher (one more process, no spot
+    nodes), and without a dashboard unless `dashboard` (about ten processes that start in ~1.5 s and
+    then take CPU from the work on a small machine). Ray Train needs it: its placement-group cleaner
+    polls the State API, which the dashboard serves."""
     if not ray.is_initialized():
         kwargs = {}
         if not os.environ.get("RAY_ADDRESS"):
-            kwargs = {"num_cpus": num_cpus, "include_dashboard": False,
+            kwargs = {"num_cpus": num_cpus, "include_dashboard": dashboard,
                       "_system_config": {"enable_metrics_collection": False}}
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         ray.init(logging_level="ERROR", log_to_driver=True, configure_logging=True, **kwargs)
     return ray.cluster_resources()
 

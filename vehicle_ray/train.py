@@ -76,7 +76,7 @@ def train(
         from vehicle_ray.learner import pretrained_state_dict
 
         state_dict = pretrained_state_dict(recipe)
-    resources = init_ray()
+    resources = init_ray(dashboard=True)
     require_shared_path(str(images), "--images")
     require_shared_path(storage_path or "~/ray_results", "--storage-path")
     if use_gpu and resources.get("GPU", 0) < 1:
