@@ -123,7 +123,7 @@ def test_offline_pretrained_weights_error_names_the_ways_out(sample_dir, tmp_pat
 
 
 def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
-    """The calibrated int8 copy (used for TTA's augmented passes on CPU) gives the same labels as the
+    """The calibrated int8 copy (used for TTA's passes on CPU) gives the same labels as the
     fp32 model and probabilities within a few hundredths, on plain and on augmented inputs."""
     from fastai.torch_core import TensorImage
 

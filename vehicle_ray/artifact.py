@@ -4,7 +4,7 @@
     model.safetensors  the weights, no pickle
     model.onnx         the same network for ONNX Runtime (the fast CPU scoring backend)
     model.int8.onnx    a static-int8 copy of it, calibrated on augmented training batches: the CPU
-                       backend for TTA's augmented passes (the plain pass always runs model.onnx)
+                       backend for TTA's passes (scoring without TTA always runs model.onnx)
     model.json         arch, classes in order, input size/resize/normalisation, augmentation and
                        TTA defaults, validation metrics, library versions, sha256 of every file
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
