@@ -183,8 +183,12 @@ def _split_outputs(store: OutputStore, run_id: str) -> tuple[int, int]:
     return counts[PREDICTIONS], counts[ERRORS]
 
 
+def full_precision(opts: ScoreOptions) -> str:
+    return "bf16" if opts.gpus_per_actor > 0 else "fp32"
+
+
 def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
-    full = "bf16" if opts.gpus_per_actor > 0 else "fp32"
+    full = full_precision(opts)
     if opts.no_tta:
         return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none", plain_precision=full)
     d = spec.tta_defaults
@@ -203,14 +207,13 @@ def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
     """What TTA's passes run on. auto: the artifact's int8 ONNX model on CPU actors (about twice as
     fast; TTA's blend moves less under int8 than under a different draw of its own augmentations),
     else full precision: bf16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
-    full = "bf16" if opts.gpus_per_actor > 0 else "fp32"
     int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
     if opts.tta_precision not in ("auto", "int8", "full"):
         raise InputError("--tta-precision must be one of auto, int8, full")
     if opts.tta_precision == "int8" and not int8_possible:
         raise InputError("--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "
                          "model.int8.onnx; use --tta-precision full")
-    return "int8" if int8_possible and opts.tta_precision != "full" else full
+    return "int8" if int8_possible and opts.tta_precision != "full" else full_precision(opts)
 
 
 def score(model: str | Path, source: str | Path, output: str | Path, images: str | Path | None = None,
