@@ -91,7 +91,8 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
             return next(self.feed, None)
 
     # No quant_pre_process: the traced eval-mode graph has its BatchNorms folded already, and the
-    # pre-pass took ~3 s of every training run for an int8 model of the same speed and agreement.
+    # pre-pass cost every training run ~0.7 s (64 px) to ~3.4 s (224 px) for an int8 model of the
+    # same speed and agreement with fp32 (BENCHMARKS.md).
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # per-channel quantization warns about every rank-1 (BatchNorm1d) weight
