@@ -199,7 +199,7 @@ class Artifact:
         return self.directory / name
 
 
-def open_artifact(directory: str | Path, verify: tuple[str, ...] = (WEIGHTS,)) -> Artifact:
+def open_artifact(directory: str | Path, verify: Iterable[str] = (WEIGHTS,)) -> Artifact:
     """Read model.json and check the sha256 of the files about to be used."""
     d = Path(directory)
     meta_path = d / MODEL_JSON

@@ -216,7 +216,7 @@ def _artifact_forwards(spec: ModelSpec, tta: TTASettings, directory: Path, backe
                        threads: int, device: torch.device) -> tuple[list, Callable, Callable]:
     """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact."""
     plain, aug = pass_files(spec, tta, backend, use_gpu)
-    art = open_artifact(directory, verify=tuple(sorted({plain, aug})))
+    art = open_artifact(directory, verify={plain, aug})
     forwards = {name: _torch_forward(load_torch_model(art), device) if name == WEIGHTS
                 else onnx_forward(art.path(name), threads) for name in {plain, aug}}
     return artifact_batch_transforms(art.meta), forwards[plain], forwards[aug]

@@ -227,7 +227,7 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
-        open_artifact(spec.directory, verify=tuple(set(pass_files(spec, tta, opts.backend, opts.gpus_per_actor > 0))))
+        open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, opts.gpus_per_actor > 0)))
     root, chunks = iter_listing(source, images, opts)
     first = next(chunks, None)
     if first is None:
