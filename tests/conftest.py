@@ -24,14 +24,13 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real embedded Ray cluster with this machine's 2 CPUs, shared by the session's tests (with the
-    dashboard, as `vehicle-ray train` starts it: Ray Train's placement-group cleaner needs it)."""
+    """A real embedded Ray cluster with this machine's 2 CPUs, shared by the session's tests."""
     import ray
 
     from vehicle_ray.cluster import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    init_ray(num_cpus=2, dashboard=True)
+    init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

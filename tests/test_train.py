@@ -87,6 +87,9 @@ def test_worker_crash_resumes_from_checkpoint_then_rerun_resumes_too(tmp_path):
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
     assert "injected failure on rank 1 after epoch 2" in log
+    # The driver shows our epoch lines, not Ray Train's per-report INFO line or the warning the
+    # placement-group cleaner logs every second without a dashboard.
+    assert "Reporting training result" not in log and "Failed to query" not in log, log[-3000:]
     # Epoch 2's checkpoint counts only if Ray registered it before the crash: resume from 1 or 2, not 0.
     resumed = re.search(r"resumed from checkpoint: stage 1, epoch (\d) done", log)
     assert resumed and resumed.group(1) in ("1", "2"), log[-3000:]

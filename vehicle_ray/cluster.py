@@ -9,23 +9,29 @@ import ray
 from vehicle_ray.errors import InputError
 
 
-def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> dict[str, float]:
+def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
     cluster; returns the cluster's resources. Idempotent within a process.
 
     The embedded cluster lives for one command on one machine, so it runs without metrics collection
     (nothing scrapes it, and the raylet would otherwise wait ~5 s for the metrics agent before the
     first task), without Ray Train's metrics and node-preemption watcher (one more process, no spot
-    nodes), and without a dashboard unless `dashboard` (about ten processes that start in ~1.5 s and
-    then take CPU from the work on a small machine). Ray Train needs it: its placement-group cleaner
-    polls the State API, which the dashboard serves."""
+    nodes), and without a dashboard: about ten processes that take ~1.5 s to start and then wake up
+    all the time, which on a small machine slows every epoch and every batch they share CPUs with.
+
+    Its workers log Ray's own messages at the driver's level, ERROR (RAY_LOGGER_LEVEL; user code and
+    Ray Train's LoggingConfig-governed logs are not affected). Otherwise Ray Train's placement-group
+    cleaner would log a warning every second of training: it polls the State API, which the dashboard
+    serves, to free the run's placement group should the Train controller die; here the whole
+    cluster, placement groups included, ends with the driver anyway."""
     if not ray.is_initialized():
         kwargs = {}
         if not os.environ.get("RAY_ADDRESS"):
-            kwargs = {"num_cpus": num_cpus, "include_dashboard": dashboard,
+            kwargs = {"num_cpus": num_cpus, "include_dashboard": False,
                       "_system_config": {"enable_metrics_collection": False}}
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+            os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
         ray.init(logging_level="ERROR", log_to_driver=True, configure_logging=True, **kwargs)
     return ray.cluster_resources()
 

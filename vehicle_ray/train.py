@@ -26,6 +26,7 @@ from vehicle_ray.recipe import Recipe
 from vehicle_ray.train_launch import (
     ARTIFACT_SUBDIR,
     FAIL_AFTER_EPOCH_ENV,
+    TRAIN_LOG_LEVEL,
     EpochPrinter,
     WorkerConfig,
     run_worker,
@@ -76,7 +77,7 @@ def train(
         from vehicle_ray.learner import pretrained_state_dict
 
         state_dict = pretrained_state_dict(recipe)
-    resources = init_ray(dashboard=True)
+    resources = init_ray()
     require_shared_path(str(images), "--images")
     require_shared_path(storage_path or "~/ray_results", "--storage-path")
     if use_gpu and resources.get("GPU", 0) < 1:
@@ -96,7 +97,7 @@ def train(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[EpochPrinter(recipe.metrics)],
-            logging_config=LoggingConfig(log_level="WARNING"),
+            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
     )
     print(f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "

@@ -20,6 +20,7 @@ from vehicle_ray.recipe import Recipe
 
 FAIL_AFTER_EPOCH_ENV = "VEHICLE_RAY_FAIL_AFTER_EPOCH"  # test-only: kill the last rank once after N epochs
 ARTIFACT_SUBDIR = "artifact"
+TRAIN_LOG_LEVEL = "WARNING"  # Ray Train's own INFO lines would interleave with the epoch lines
 
 
 @dataclass(frozen=True)

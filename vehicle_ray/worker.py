@@ -7,6 +7,7 @@ training stack.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -33,7 +34,7 @@ from vehicle_ray.distributed import (
     write_checkpoint,
 )
 from vehicle_ray.learner import build_dataloaders, build_learner
-from vehicle_ray.train_launch import ARTIFACT_SUBDIR, WorkerConfig
+from vehicle_ray.train_launch import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
 
 
 def _seed_everything(seed: int) -> None:
@@ -56,6 +57,10 @@ def _make_report(rank: int, world_size: int, position: Position, fail_after: int
 def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     """Ray Train per-worker loop: fastai's own loop per stage, with RayTrainCallback attached.
     `weights_ref`: the pretrained state_dict in the object store (None: no pretrained weights)."""
+    # LoggingConfig's level reaches Ray Train's `ray.train.*` loggers only; its per-report "Reporting
+    # training result" INFO line comes from a logger named by file path and would reach the console
+    # through the root logger, so that gets the same level.
+    logging.getLogger().setLevel(TRAIN_LOG_LEVEL)
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
