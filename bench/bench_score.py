@@ -32,7 +32,7 @@ def make_model(out: Path, size: int) -> None:
 
     from vehicle_ray.artifact import write_artifact
     from vehicle_ray.data import read_labeled_csv, split_indices
-    from vehicle_ray.learner import build_dataloaders, build_learner
+    from vehicle_ray.train.learner import build_dataloaders, build_learner
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.sample_data import write_sample_data
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vehicle_ray.artifact import load_torch_model, open_artifact
-from vehicle_ray.decode import decode_image
+from vehicle_ray.score.decode import decode_image
 
 
 def main(model_dir: str, images: str, threads: str) -> None:

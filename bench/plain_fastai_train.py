@@ -15,7 +15,7 @@ import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
 import torch
 
 from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.learner import build_dataloaders, build_learner, pretrained_state_dict
+from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 from vehicle_ray.recipe import load_recipe
 
 

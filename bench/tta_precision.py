@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
-from vehicle_ray.decode import decode_image
-from vehicle_ray.predictor import onnx_forward, artifact_batch_transforms
-from vehicle_ray.tta import TTASettings, batch_pipelines, tta_probabilities
+from vehicle_ray.score.decode import decode_image
+from vehicle_ray.score.predictor import onnx_forward, artifact_batch_transforms
+from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
 
 
 def main() -> None:

@@ -47,9 +47,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 def trained_model(ray_local, sample_dir, tmp_path_factory) -> Path:
     """One real 2-worker Ray Train run of the tiny CPU recipe; scoring and evaluation tests reuse it."""
     from vehicle_ray.recipe import load_recipe
-    from vehicle_ray.train import train
+    from vehicle_ray.train.config import TrainOptions
+    from vehicle_ray.train.driver import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
-    train(sample_dir / "train.csv", sample_dir / "images", out, load_recipe("tiny_cpu"), workers=2,
-          storage_path=str(tmp_path_factory.mktemp("ray_runs")))
+    train(TrainOptions(csv=sample_dir / "train.csv", images=sample_dir / "images", out=out, workers=2,
+                       storage_path=str(tmp_path_factory.mktemp("ray_runs"))), load_recipe("tiny_cpu"))
     return out

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from vehicle_ray.errors import InputError
-from vehicle_ray.recipe import CONFIG_DIR, Recipe, Stage, load_recipe, recipe_from_dict
+from vehicle_ray.recipe import BUNDLED, Recipe, Stage, load_recipe, recipe_from_dict
 
 
 def test_seed_recipe_config_matches_seed_notebook():
@@ -21,7 +21,7 @@ def test_toml_round_trip(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(recipe.to_toml())
     assert load_recipe(path) == recipe
-    assert load_recipe(CONFIG_DIR / "emergency_vehicles.toml").to_toml() == Recipe().to_toml()
+    assert load_recipe(str(BUNDLED / "emergency_vehicles.toml")).to_toml() == Recipe().to_toml()
 
 
 def test_epochs_flag_builds_frozen_then_unfrozen_stage():

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from vehicle_ray.errors import InputError
-from vehicle_ray.plots import training_curves
-from vehicle_ray.recipe import Recipe
+from vehicle_ray.report.plots import training_curves
+from vehicle_ray.recipe import HISTORY_FIELDS, Recipe
 
 if TYPE_CHECKING:  # torch is imported where it is used: the scoring driver reads artifacts without it
     import torch
@@ -131,7 +131,7 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
         names.append(CURVES_PNG)
     files = {name: sha256_file(directory / name) for name in names}
     final = {k: v for k, v in (history[-1] if history else {}).items()
-             if k not in ("stage", "epoch", "n_epochs", "lr", "seconds")}
+             if k not in HISTORY_FIELDS}
     normalize = None
     if recipe.normalize == "imagenet":
         from fastai.vision.core import imagenet_stats
@@ -225,7 +225,7 @@ def load_torch_model(artifact: Artifact) -> torch.nn.Module:
     from fastai.vision.learner import create_vision_model
     from safetensors.torch import load_file
 
-    from vehicle_ray.learner import arch_fn
+    from vehicle_ray.train.learner import arch_fn
 
     model = create_vision_model(arch_fn(artifact.meta["arch"]), len(artifact.classes), pretrained=False)
     model.load_state_dict(load_file(str(artifact.path(WEIGHTS))))

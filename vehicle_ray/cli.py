@@ -5,12 +5,17 @@ InputError → one line on stderr and exit code 2; anything else propagates (exi
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Callable
 
 import click
 
 from vehicle_ray.errors import InputError
+from vehicle_ray.log import use_cli_logging
+from vehicle_ray.recipe import bundled_recipes
+from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions
+from vehicle_ray.train.config import TrainOptions
 
 
 class Group(click.Group):
@@ -22,6 +27,11 @@ class Group(click.Group):
         except InputError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
+
+
+def default(options_class: type, name: str) -> Any:
+    """The library's default for one field of an options dataclass: the CLI shows and uses it."""
+    return {f.name: f.default for f in dataclasses.fields(options_class)}[name]
 
 
 def column(value: str) -> str | int:
@@ -40,7 +50,7 @@ def csv_options(f: Callable) -> Callable:
 
 
 _RECIPE_OPTIONS = [
-    click.option("--config", help="TOML recipe file, or a bundled name: emergency_vehicles, tiny_cpu. "
+    click.option("--config", help=f"TOML recipe file, or a bundled name: {', '.join(bundled_recipes())}. "
                  "Default: the seed recipe (emergency_vehicles)."),
     click.option("--arch", help="torchvision architecture known to fastai (resnet18, resnet50, ...)."),
     click.option("--size", type=int, help="Input size in pixels (square)."),
@@ -109,29 +119,32 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
 @csv_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model artifact directory to write.")
 @recipe_options
-@click.option("--workers", default=1, show_default=True, help="Ray Train workers (data-parallel ranks).")
-@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="One GPU per worker (NCCL) or CPU (gloo).")
+@click.option("--workers", default=default(TrainOptions, "workers"), show_default=True,
+              help="Ray Train workers (data-parallel ranks).")
+@click.option("--gpu/--cpu", "use_gpu", default=default(TrainOptions, "use_gpu"), show_default=True,
+              help="One GPU per worker (NCCL) or CPU (gloo).")
 @click.option("--cpus-per-worker", type=float, help="CPUs per worker [default: the cluster's CPUs / workers].")
 @click.option("--storage-path", help="Where checkpoints and run state go (a URI on multi-node clusters) [default: ~/ray_results].")
 @click.option("--name", help="Run name; rerun with the same --storage-path and --name to resume.")
-@click.option("--max-failures", default=0, show_default=True, help="Worker-group restarts allowed (each resumes from the last checkpoint).")
+@click.option("--max-failures", default=default(TrainOptions, "max_failures"), show_default=True, help="Worker-group restarts allowed (each resumes from the last checkpoint).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, workers: int, use_gpu: bool,
               cpus_per_worker: float | None, storage_path: str | None, name: str | None, max_failures: int,
               overwrite: bool, **recipe_flags: Any) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
-    from vehicle_ray.train import train
+    from vehicle_ray.train.driver import train
 
+    opts = TrainOptions(csv=csv_path, images=images, out=out, fn_col=column(fn_col), label_col=column(label_col),
+                        workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, storage_path=storage_path,
+                        name=name, max_failures=max_failures, overwrite=overwrite)
     recipe, auto = build_recipe(**recipe_flags)
     if auto:
-        from vehicle_ray.lr_find import find_lr
+        from vehicle_ray.train.lr_find import find_lr
 
         suggestion = find_lr(csv_path, images, None, recipe, column(fn_col), column(label_col))
         recipe = recipe.with_overrides(lr=suggestion.valley)
         click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
-    result = train(csv_path, images, out, recipe, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
-                   storage_path=storage_path, name=name, max_failures=max_failures, fn_col=column(fn_col),
-                   label_col=column(label_col), overwrite=overwrite)
+    result = train(opts, recipe)
     shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     click.echo(f"model written to {result.out} ({shown}) in {result.seconds:.1f}s")
 
@@ -144,7 +157,7 @@ def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str,
 def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, unfrozen: bool,
                 **recipe_flags: Any) -> None:
     """Run fastai's lr_find (single process, in a Ray task): plot and suggestions."""
-    from vehicle_ray.lr_find import find_lr
+    from vehicle_ray.train.lr_find import find_lr
 
     recipe, _ = build_recipe(**recipe_flags)
     s = find_lr(csv_path, images, out, recipe, column(fn_col), column(label_col), unfrozen=unfrozen)
@@ -164,23 +177,26 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
 @click.option("--tta-beta", type=float, help="Weight of the plain pass [default: model.json's, 0.25].")
 @click.option("--tta-max", is_flag=True, help="Take the max over passes instead of the mean (fastai use_max).")
 @click.option("--no-tta", is_flag=True, help="Plain pass only.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per model batch (and per decode batch).")
+@click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True,
+              help="Images per model batch (and per decode batch).")
 @click.option("--actors", type=int, help="Model actors [default: from the cluster's CPUs/GPUs].")
 @click.option("--cpus-per-actor", type=float, help="CPUs reserved per actor (also its thread count).")
-@click.option("--gpus-per-actor", default=0.0, show_default=True, help="GPUs per actor (0: CPU actors).")
-@click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+@click.option("--gpus-per-actor", default=default(ScoreOptions, "gpus_per_actor"), show_default=True,
+              help="GPUs per actor (0: CPU actors).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=default(ScoreOptions, "backend"), show_default=True,
               help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.")
-@click.option("--tta-precision", type=click.Choice(["auto", "int8", "full"]), default="auto", show_default=True,
+@click.option("--tta-precision", type=click.Choice(TTA_PRECISIONS), default=default(ScoreOptions, "tta_precision"),
+              show_default=True,
               help="Model for TTA's passes. auto: the artifact's int8 ONNX model on CPU actors (~2x faster), "
                    "else full precision; --no-tta always runs full precision.")
-@click.option("--max-pixels", default=100_000_000, show_default=True, help="Larger images go to errors/ (decompression bombs).")
+@click.option("--max-pixels", default=default(ScoreOptions, "max_pixels"), show_default=True, help="Larger images go to errors/ (decompression bombs).")
 @click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
 @click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl (runs code from the file).")
 def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: str, allow_pickle: bool,
               **options: Any) -> None:
     """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
-    from vehicle_ray.score import ScoreOptions, score
+    from vehicle_ray.score.driver import score
 
     summary = score(model, source, output, images=images, allow_pickle=allow_pickle,
                     opts=ScoreOptions(fn_col=column(fn_col), **options))
@@ -194,14 +210,13 @@ def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: 
 @click.option("--tta-n", type=int, help="Augmented passes [default: model.json's].")
 @click.option("--tta-beta", type=float, help="Weight of the plain pass [default: model.json's].")
 @click.option("--no-tta", is_flag=True, help="Plain pass only.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per batch.")
-@click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True)
+@click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True, help="Images per batch.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=default(ScoreOptions, "backend"), show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl.")
 def evaluate_cmd(model: str, csv_path: str, images: str, fn_col: str, label_col: str, out: str,
                  allow_pickle: bool, **options: Any) -> None:
     """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses, report."""
-    from vehicle_ray.evaluate import evaluate
-    from vehicle_ray.score import ScoreOptions
+    from vehicle_ray.report.evaluate import evaluate
 
     m = evaluate(model, csv_path, images, out, column(fn_col), column(label_col), ScoreOptions(**options),
                  allow_pickle=allow_pickle)
@@ -221,11 +236,13 @@ def demo_cmd(out: str, workers: int) -> None:
 
 
 def main() -> None:
+    use_cli_logging()
     cli(prog_name="vehicle-ray")
 
 
 def run_job(command: str) -> None:
     """Entry for jobs/*.py (`ray job submit -- python jobs/train.py ...`): one subcommand, same options."""
+    use_cli_logging()
     cli([command, *sys.argv[1:]], prog_name=f"jobs/{command.replace('-', '_')}.py")
 
 

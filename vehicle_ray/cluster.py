@@ -6,6 +6,7 @@ import os
 
 import ray
 
+from vehicle_ray.data import is_uri
 from vehicle_ray.errors import InputError
 
 
@@ -44,7 +45,7 @@ def require_shared_path(path: str | None, flag: str) -> None:
     """On a multi-node cluster every node must see `path`: a local path is refused, a URI is fine.
 
     (A local path that really is a shared mount, such as NFS, can be passed as file:///path.)"""
-    if path is not None and "://" not in str(path) and alive_nodes() > 1:
+    if path is not None and not is_uri(path) and alive_nodes() > 1:
         raise InputError(
             f"{flag} {path} is a local path, but the Ray cluster has {alive_nodes()} nodes that cannot all see it; "
             "use a URI (s3://..., gs://...) or file:///path for a filesystem mounted on every node")

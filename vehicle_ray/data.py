@@ -52,11 +52,22 @@ class LabeledSet:
     classes: list[str]
 
 
+def is_uri(location: str | Path) -> bool:
+    """True for a filesystem URI (s3://, gs://, file:///...), False for a plain local path."""
+    return "://" in str(location)
+
+
+def require_local_root(root: ImageRoot) -> None:
+    """fastai's DataLoaders read training images by local path (so export.pkl stays pure fastai)."""
+    if not root.is_local:
+        raise InputError(f"training reads images from a local or shared filesystem; {root.uri} is not one")
+
+
 def resolve_location(location: str | Path, what: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
     """(pyarrow filesystem, base path, info) for a local path or a URI (s3://, gs://, file://...)."""
     text = str(location)
     try:
-        if "://" in text:
+        if is_uri(text):
             fs, base = pafs.FileSystem.from_uri(text)
         else:
             fs, base = pafs.LocalFileSystem(), str(Path(text).resolve())
@@ -117,7 +128,7 @@ def check_file_names(names: pd.Series, csv: str | Path) -> None:
         raise InputError(f"{len(dups)} duplicate file names in {csv}: {_quote(dups)}")
     escaping = [
         n for n in names
-        if "://" in n or n.startswith(("/", "\\")) or (len(n) > 1 and n[1] == ":")
+        if is_uri(n) or n.startswith(("/", "\\")) or (len(n) > 1 and n[1] == ":")
         or posixpath.normpath(n.replace("\\", "/")).startswith("..")
     ]
     if escaping:

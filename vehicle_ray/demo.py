@@ -7,16 +7,22 @@ against the held-out labels and where every output is.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from vehicle_ray.evaluate import evaluate
+from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
-from vehicle_ray.score import ScoreOptions, score
-from vehicle_ray.train import train
+from vehicle_ray.score.driver import score
+from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.train.config import TrainOptions
+from vehicle_ray.train.driver import train
+
+
+logger = logging.getLogger(__name__)
 
 
 def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
@@ -24,12 +30,13 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
     if out.exists():
         shutil.rmtree(out)
     data, model, scores = out / "data", out / "model", out / "scores"
-    print(f"[1/4] sample data -> {data}", flush=True)
+    logger.info(f"[1/4] sample data -> {data}")
     write_sample_data(data, train=400, test=100, size=64, seed=0)
-    print(f"[2/4] training resnet18 from scratch on {workers} Ray Train CPU workers -> {model}", flush=True)
-    trained = train(data / "train.csv", data / "images", model, load_recipe("tiny_cpu"), workers=workers,
-                    storage_path=str(out / "ray_runs"))
-    print(f"[3/4] TTA scoring of the test images with Ray Data -> {scores}", flush=True)
+    logger.info(f"[2/4] training resnet18 from scratch on {workers} Ray Train CPU workers -> {model}")
+    opts = TrainOptions(csv=data / "train.csv", images=data / "images", out=model, workers=workers,
+                        storage_path=str(out / "ray_runs"))
+    trained = train(opts, load_recipe("tiny_cpu"))
+    logger.info(f"[3/4] TTA scoring of the test images with Ray Data -> {scores}")
     summary = score(model, data / "test.csv", scores, images=data / "images", opts=ScoreOptions())
     truth = pd.read_csv(data / "test_labels.csv", dtype=str)
     truth["path"] = [str(data / "images" / n) for n in truth[FN_COL]]
@@ -37,7 +44,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
     joined = truth.merge(predictions, on="path", how="left")
     accuracy = float((joined["label"] == joined[LABEL_COL]).mean())
     report = out / "report"
-    print(f"[4/4] evaluation report on the held-out labels -> {report}", flush=True)
+    logger.info(f"[4/4] evaluation report on the held-out labels -> {report}")
     evaluate(model, data / "test_labels.csv", data / "images", report)
     result = {
         "train_seconds": round(trained.seconds, 1),
@@ -49,7 +56,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
         "report": str(report / "report.md"), "confusion_matrix": str(report / "confusion_matrix.png"),
         "top_losses": str(report / "top_losses.png"),
     }
-    print("\ndemo summary")
+    logger.info("\ndemo summary")
     for key, value in result.items():
-        print(f"  {key:24s} {value}")
+        logger.info(f"  {key:24s} {value}")
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BUNDLED = resources.files("vehicle_ray") / "configs"  # package data: works from a wheel too
 DEFAULT_LR = 1e-3  # fastai's defaults.lr, what the seed's bare fit_one_cycle calls used
 
 
@@ -82,9 +83,9 @@ class Recipe:
             problems.append(f"resize_method must be squish or crop (got {self.resize_method!r})")
         if self.normalize not in ("imagenet", "none"):
             problems.append(f"normalize must be imagenet or none (got {self.normalize!r})")
-        unknown = set(self.metrics) - set(METRIC_NAMES)
+        unknown = set(self.metrics) - set(METRICS)
         if unknown:
-            problems.append(f"unknown metrics {sorted(unknown)} (known: {', '.join(METRIC_NAMES)})")
+            problems.append(f"unknown metrics {sorted(unknown)} (known: {', '.join(METRICS)})")
         if self.tta_n < 0 or not 0.0 <= self.tta_beta <= 1.0:
             problems.append("tta_n must be >= 0 and tta_beta in [0, 1]")
         if problems:
@@ -129,7 +130,15 @@ class Recipe:
         return tomli_w.dumps(self.to_dict())
 
 
-METRIC_NAMES = ("accuracy", "error_rate", "f1_macro")
+# The one table of metrics a recipe can name: name -> (fastai.metrics attribute, keyword arguments).
+# Workers build them from here (learner.py); names appear as columns in metrics.csv and model.json.
+METRICS: dict[str, tuple[str, dict[str, Any]]] = {
+    "accuracy": ("accuracy", {}),
+    "error_rate": ("error_rate", {}),
+    "f1_macro": ("F1Score", {"average": "macro"}),
+}
+# Per-epoch history fields that are not metrics (metrics.csv columns besides the losses and metrics).
+HISTORY_FIELDS = ("stage", "epoch", "n_epochs", "lr", "seconds")
 
 
 def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -148,16 +157,24 @@ def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
         raise InputError(f"{source}: {exc}") from exc
 
 
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (vehicle_ray/configs/*.toml)."""
+    return sorted(p.name.removesuffix(".toml") for p in BUNDLED.iterdir() if p.name.endswith(".toml"))
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
-    """Load a TOML recipe; a bare name like `tiny_cpu` means configs/tiny_cpu.toml. None: the seed recipe."""
+    """Load a TOML recipe file; a bare bundled name like `tiny_cpu` means the package's copy. None:
+    the seed recipe."""
     if path is None:
         return Recipe()
     p = Path(path)
-    if not p.exists() and (CONFIG_DIR / f"{path}.toml").exists():
-        p = CONFIG_DIR / f"{path}.toml"
-    if not p.is_file():
-        raise InputError(f"recipe file not found: {path}")
+    if not p.exists() and str(path) in bundled_recipes():
+        text, source = (BUNDLED / f"{path}.toml").read_text(), f"bundled recipe {path}"
+    elif p.is_file():
+        text, source = p.read_text(), str(p)
+    else:
+        raise InputError(f"recipe file not found: {path} (bundled: {', '.join(bundled_recipes())})")
     try:
-        return recipe_from_dict(tomllib.loads(p.read_text()), str(p))
+        return recipe_from_dict(tomllib.loads(text), source)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: invalid TOML: {exc}") from exc
+        raise InputError(f"{source}: invalid TOML: {exc}") from exc

@@ -1,5 +1,5 @@
-"""The fastai ↔ Ray Train glue: a Callback that makes a plain fastai fit data-parallel on Ray's
-process group (gloo on CPU, nccl on GPU), and reports/checkpoints every epoch.
+"""The fastai ↔ Ray Train glue: small callbacks that make a plain fastai fit data-parallel on Ray's
+process group (gloo on CPU, nccl on GPU) and report/checkpoint every epoch.
 
 fastai's own `distrib_ctx` cannot be used here: it needs `accelerate` and CUDA for its index broadcast.
 Ray Train has already created the process group, so all we add is:
@@ -12,11 +12,16 @@ Ray Train has already created the process group, so all we add is:
 * validation on the full validation set on every rank (under no_grad DDP does no collectives), so the
   metrics are exactly what a single process would report;
 * `ray.train.report` from every rank every epoch, with a checkpoint from rank 0.
+
+DataParallel does the first two, RayTrainReport the last; they compose, and InjectedFailure (tests
+only) runs after the report.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,11 +33,13 @@ import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL
-from fastai.learner import save_model
+from fastai.learner import Recorder, save_model
 from torch.nn.parallel import DistributedDataParallel
 
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "learner.pth"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,19 +78,17 @@ class Position:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class RayTrainCallback(Callback):
-    """Data-parallel fit on Ray Train's process group, with per-epoch report and checkpoint.
+class DataParallel(Callback):
+    """DDP around the model for the duration of a fit, and this epoch's shard of the training data.
 
-    `report(metrics, checkpoint_dir)` is `ray.train.report` in production; it is injected so that the
-    callback's logic can be exercised outside a Ray Train worker.
+    Wraps in before_fit and unwraps in after_fit, so freeze/unfreeze between stages, export and
+    checkpoints see the plain model, and DDP is rebuilt per fit with the parameters that now train.
     """
 
-    order = 60  # after Recorder (50): its final_record holds this epoch's losses and metrics
+    order = 5  # before the training loop touches the model; independent of the reporting callbacks
 
-    def __init__(self, rank: int, world_size: int, stage: int, skip_to: int, position: Position,
-                 report: Callable[[dict[str, Any], str | None], None], device: torch.device):
-        self.rank, self.world_size, self.stage, self.skip_to = rank, world_size, stage, skip_to
-        self.position, self._report, self.device = position, report, device
+    def __init__(self, stage: int, world_size: int, device: torch.device):
+        self.stage, self.world_size, self.device = stage, world_size, device
 
     def before_fit(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
@@ -91,13 +96,29 @@ class RayTrainCallback(Callback):
             self.learn.model = DistributedDataParallel(self.learn.model, device_ids=ids)
 
     def after_fit(self) -> None:
-        if isinstance(self.learn.model, DistributedDataParallel):
-            self.learn.model = self.learn.model.module
+        self.learn.model = unwrapped(self.learn.model)
 
     def before_epoch(self) -> None:
         shard = getattr(self.dls.train, "get_idxs", None)
         if isinstance(shard, EpochShard):
             shard.stage, shard.epoch = self.stage, self.epoch
+
+
+class RayTrainReport(Callback):
+    """`report` every epoch on every rank (Ray Train V2 needs the same number of reports from all
+    ranks), with a checkpoint (weights, optimizer state, position) from rank 0.
+
+    `report(metrics, checkpoint_dir)` is `ray.train.report` in production; it is injected so that the
+    callback's logic can be exercised outside a Ray Train worker.
+    """
+
+    order = Recorder.order + 10  # after Recorder: its final_record holds this epoch's losses and metrics
+
+    def __init__(self, rank: int, stage: int, skip_to: int, position: Position,
+                 report: Callable[[dict[str, Any], str | None], None]):
+        self.rank, self.stage, self.skip_to, self.position, self._report = rank, stage, skip_to, position, report
+
+    def before_epoch(self) -> None:
         self._t0 = time.perf_counter()
 
     def after_epoch(self) -> None:
@@ -115,6 +136,21 @@ class RayTrainCallback(Callback):
                 self._report(metrics, tmp)
         else:
             self._report(metrics, None)
+
+
+class InjectedFailure(Callback):
+    """Test-only fault injection: this process dies (as a preempted node would) right after the
+    report of epoch `after` (counted over all stages). Attached only when a test asks for it."""
+
+    order = RayTrainReport.order + 1  # the epoch's report and checkpoint happen first
+
+    def __init__(self, after: int, position: Position, rank: int):
+        self.after, self.position, self.rank = after, position, rank
+
+    def after_epoch(self) -> None:
+        if len(self.position.history) == self.after:
+            logger.info(f"injected failure on rank {self.rank} after epoch {self.after}")
+            os._exit(1)
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:

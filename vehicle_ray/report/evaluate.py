@@ -18,9 +18,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from vehicle_ray.data import FN, LABEL, read_labeled_csv
 from vehicle_ray.errors import InputError
-from vehicle_ray.plots import confusion_matrix_plot, top_losses_plot
-from vehicle_ray.predictor import resolve_model
-from vehicle_ray.score import ScoreOptions, score
+from vehicle_ray.report.plots import confusion_matrix_plot, top_losses_plot
+from vehicle_ray.score.model import resolve_model
+from vehicle_ray.score.driver import score
+from vehicle_ray.score.options import ScoreOptions
 
 TOP_LOSSES = 9
 
@@ -55,8 +56,7 @@ def evaluate(model: str | Path, csv: str | Path, images: str | Path, out: str | 
     scoring = out / "_scoring"
     shutil.rmtree(scoring, ignore_errors=True)
     summary = score(model, listing, scoring, images=images, allow_pickle=allow_pickle,
-                    opts=ScoreOptions(**{**opts.__dict__, "overwrite": True, "incremental": False,
-                                         "emit_plain": True, "fn_col": 0}))
+                    opts=opts.replace(overwrite=True, incremental=False, emit_plain=True, fn_col=0))
     truth = data.items.assign(path=[data.root.full_name(f) for f in data.items[FN]]).rename(columns={LABEL: "actual"})
     predictions = pd.read_parquet(scoring / "predictions").drop(columns=["run"], errors="ignore")
     joined = truth.merge(predictions, on="path", how="inner")

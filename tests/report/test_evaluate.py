@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from vehicle_ray.evaluate import classification_metrics, evaluate
+from vehicle_ray.report.evaluate import classification_metrics, evaluate
 
 
 def test_metrics_equal_a_direct_computation():

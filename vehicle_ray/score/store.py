@@ -18,17 +18,21 @@ import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
 
 PREDICTIONS, ERRORS, RUNS, STAGING, SUMMARY = "predictions", "errors", "_runs", "_staging", "summary.json"
+SCORED = "scored"  # under a run's staging directory: the pipeline's rows, before the split
+ERROR_COLUMNS = ["path", "error", "model_id", "model_sha256"]
 
 
 def path_hashes(paths) -> np.ndarray:
@@ -99,12 +103,6 @@ class OutputStore:
                     chunks.append(path_hashes(batch.column(0).to_pylist()))
         return np.sort(np.concatenate(chunks))
 
-    def iter_committed(self, kind: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        files = self._committed_files(kind)
-        if files:
-            for batch in pads.dataset(files, filesystem=self.fs, format="parquet").to_batches(columns=columns):
-                yield batch.to_pandas()
-
     def _move_dir(self, source: str, target: str) -> None:
         """One rename on a local filesystem; object stores move file by file (the commit record,
         written afterwards, is what makes the run visible either way)."""
@@ -119,6 +117,24 @@ class OutputStore:
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         with self.fs.open_output_stream(self.path(name)) as f:
             f.write((json.dumps(payload, indent=2) + "\n").encode())
+
+    def split_scored(self, run_id: str) -> tuple[int, int]:
+        """Split a run's staged rows into its predictions/ and errors/ parts (one staged file at a
+        time); returns (predictions, errors)."""
+        counts = {PREDICTIONS: 0, ERRORS: 0}
+        for kind in counts:
+            self.fs.create_dir(self.path(STAGING, run_id, kind), recursive=True)
+        files = self.fs.get_file_info(pafs.FileSelector(self.path(STAGING, run_id, SCORED), allow_not_found=True))
+        for path in sorted(f.path for f in files if f.path.endswith(".parquet")):
+            table = pq.read_table(path, filesystem=self.fs)
+            failed = table.column("error").is_valid()
+            parts = {PREDICTIONS: table.filter(pc.invert(failed)).drop_columns(["error"]),
+                     ERRORS: table.filter(failed).select(ERROR_COLUMNS)}
+            for kind, part in parts.items():
+                if part.num_rows:
+                    pq.write_table(part, self.path(STAGING, run_id, kind, posixpath.basename(path)), filesystem=self.fs)
+                    counts[kind] += part.num_rows
+        return counts[PREDICTIONS], counts[ERRORS]
 
     def commit(self, run_id: str, summary: dict[str, Any]) -> None:
         """Move the staged partitions into place, then write the commit record and the summary."""

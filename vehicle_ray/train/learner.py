@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+import fastai.metrics
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import ColReader, IndexSplitter, Normalize
 from fastai.learner import Learner
-from fastai.metrics import F1Score, accuracy, error_rate
 from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
 from fastai.vision.learner import create_body, model_meta, vision_learner
 from fasttransform import Transform
 
-from vehicle_ray.data import FN, LABEL, LabeledSet
+from vehicle_ray.data import FN, LABEL, LabeledSet, require_local_root
 from vehicle_ray.errors import InputError
-from vehicle_ray.recipe import Recipe
+from vehicle_ray.recipe import METRICS, Recipe
 
 _RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop}
 
@@ -41,8 +41,13 @@ def arch_fn(name: str):
 
 
 def recipe_metrics(recipe: Recipe) -> list:
-    table = {"accuracy": accuracy, "error_rate": error_rate, "f1_macro": F1Score(average="macro")}
-    return [table[m] for m in recipe.metrics]
+    """fastai metric objects for the recipe's metric names (the table is recipe.METRICS)."""
+    built = []
+    for name in recipe.metrics:
+        attr, kwargs = METRICS[name]
+        metric = getattr(fastai.metrics, attr)
+        built.append(metric(**kwargs) if kwargs else metric)
+    return built
 
 
 def augment_transforms(recipe: Recipe) -> list[Transform]:
@@ -60,8 +65,7 @@ def build_dataloaders(
     data: LabeledSet, recipe: Recipe, valid_idx: np.ndarray, device: torch.device | None = None
 ) -> DataLoaders:
     """fastai DataLoaders for a local image root (fastai reads files by path: pure-fastai export.pkl)."""
-    if not data.root.is_local:
-        raise InputError(f"training reads images from a local or shared filesystem; {data.root.uri} is not one")
+    require_local_root(data.root)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
         get_x=ColReader(FN, pref=data.root.base + "/"),

@@ -8,8 +8,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from vehicle_ray.recipe import HISTORY_FIELDS
 
-def _pyplot():
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display (workers, CI, servers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,9 +23,9 @@ def _pyplot():
 
 def training_curves(history: pd.DataFrame, path: Path) -> None:
     """Train/valid loss and every metric per epoch, with the stage boundaries marked."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [c for c in history.columns
-               if c not in ("stage", "epoch", "n_epochs", "lr", "seconds", "train_loss", "valid_loss")]
+               if c not in (*HISTORY_FIELDS, "train_loss", "valid_loss")]
     x = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(x, history["train_loss"], marker="o", label="train_loss")
@@ -44,7 +47,7 @@ def training_curves(history: pd.DataFrame, path: Path) -> None:
 
 
 def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 3), max(4, 0.6 * n + 3)))
     ax.imshow(matrix, cmap="Blues")
@@ -65,7 +68,7 @@ def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path
 
 def top_losses_plot(rows: pd.DataFrame, load_image, path: Path, columns: int = 3) -> None:
     """A grid like fastai's plot_top_losses: image, then predicted/actual/loss/probability of actual."""
-    plt = _pyplot()
+    plt = pyplot()
     k = max(1, len(rows))
     n_rows = -(-k // columns)
     fig, axes = plt.subplots(n_rows, columns, figsize=(3.2 * columns, 3.4 * n_rows), squeeze=False)

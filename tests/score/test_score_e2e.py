@@ -16,7 +16,8 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from vehicle_ray.artifact import EXPORT_PKL
-from vehicle_ray.score import ScoreOptions, score
+from vehicle_ray.score.driver import score
+from vehicle_ray.score.options import ScoreOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -68,10 +68,11 @@ def test_reported_metrics_cover_the_whole_validation_set(trained_model, sample_d
 
 
 def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray_local):
-    from vehicle_ray.train import train
+    from vehicle_ray.train.config import TrainOptions
+    from vehicle_ray.train.driver import train
 
-    one = train(sample_dir / "train.csv", sample_dir / "images", tmp_path / "one", load_recipe("tiny_cpu"),
-                workers=1, storage_path=str(tmp_path / "runs"))
+    one = train(TrainOptions(csv=sample_dir / "train.csv", images=sample_dir / "images", out=tmp_path / "one",
+                             workers=1, storage_path=str(tmp_path / "runs")), load_recipe("tiny_cpu"))
     two = json.loads((trained_model / MODEL_JSON).read_text())["metrics"]
     assert one.metrics["accuracy"] >= 0.85
     assert abs(one.metrics["accuracy"] - two["accuracy"]) <= 0.08
@@ -104,7 +105,7 @@ def test_worker_crash_resumes_from_checkpoint_then_rerun_resumes_too(tmp_path):
 
 
 def test_lr_find_writes_plot_and_finite_suggestions(sample_dir, tmp_path, ray_local):
-    from vehicle_ray.lr_find import find_lr
+    from vehicle_ray.train.lr_find import find_lr
 
     found = find_lr(sample_dir / "train.csv", sample_dir / "images", tmp_path / "lr", load_recipe("tiny_cpu"))
     suggestions = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
@@ -130,9 +131,9 @@ def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
     fp32 model and probabilities within a few hundredths, on plain and on augmented inputs."""
     from fastai.torch_core import TensorImage
 
-    from vehicle_ray.decode import decode_image
-    from vehicle_ray.predictor import onnx_forward, artifact_batch_transforms
-    from vehicle_ray.tta import batch_pipelines
+    from vehicle_ray.score.decode import decode_image
+    from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
+    from vehicle_ray.score.tta import batch_pipelines
 
     art = open_artifact(trained_model, verify=(ONNX, ONNX_INT8))
     fp32, int8 = onnx_forward(art.path(ONNX), 2), onnx_forward(art.path(ONNX_INT8), 2)

@@ -1,14 +1,13 @@
 """The Ray Train per-worker loop: build the fastai learner, run the recipe's stages with
-RayTrainCallback attached, and have rank 0 write the artifact into the final checkpoint.
+the callbacks of callback.py attached, and have rank 0 write the artifact into the final checkpoint.
 
-Imported only inside workers (see train_launch.py): the driver and the controller never load the
+Imported only inside workers (see launch.py): the driver and the controller never load the
 training stack.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -25,16 +24,21 @@ from fastai.data.core import DataLoaders
 from fastai.learner import load_model
 
 from vehicle_ray.artifact import write_artifact
-from vehicle_ray.distributed import (
+from vehicle_ray.train.callback import (
     WEIGHTS_FILE,
     Position,
-    RayTrainCallback,
+    DataParallel,
+    InjectedFailure,
+    RayTrainReport,
     read_position,
     sharded_train_dl,
     write_checkpoint,
 )
-from vehicle_ray.learner import build_dataloaders, build_learner
-from vehicle_ray.train_launch import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
+from vehicle_ray.train.learner import build_dataloaders, build_learner
+from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
+
+
+logger = logging.getLogger(__name__)
 
 
 def _seed_everything(seed: int) -> None:
@@ -43,19 +47,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_report(rank: int, world_size: int, position: Position, fail_after: int, resumed: bool):
-    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if fail_after and not resumed and rank == world_size - 1 and len(position.history) == fail_after:
-            print(f"injected failure on rank {rank} after epoch {len(position.history)}", flush=True)
-            os._exit(1)
-
-    return report
+def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
-    """Ray Train per-worker loop: fastai's own loop per stage, with RayTrainCallback attached.
+    """Ray Train per-worker loop: fastai's own loop per stage, with the callbacks of callback.py attached.
     `weights_ref`: the pretrained state_dict in the object store (None: no pretrained weights)."""
     # LoggingConfig's level reaches Ray Train's `ray.train.*` loggers only; its per-report "Reporting
     # training result" INFO line comes from a logger named by file path and would reach the console
@@ -83,17 +81,19 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             load_model(Path(d) / WEIGHTS_FILE, learn.model, learn.opt, device=device)
         resumed = True
         if rank == 0:
-            print(f"resumed from checkpoint: stage {position.stage + 1}, epoch {position.epoch} done "
-                  f"({len(position.history)} epochs in history)", flush=True)
-    report = _make_report(rank, world_size, position, cfg.fail_after_epoch, resumed)
+            logger.info(f"resumed from checkpoint: stage {position.stage + 1}, epoch {position.epoch} done "
+                        f"({len(position.history)} epochs in history)")
+    failure = cfg.fail_after_epoch and not resumed and rank == world_size - 1
     with learn.no_bar(), learn.no_logging():
         for i, stage in enumerate(recipe.effective_stages()):
             start = position.epoch if i == position.stage else 0
             if i < position.stage or start >= stage.epochs:
                 continue
             learn.freeze() if stage.frozen else learn.unfreeze()
-            callback = RayTrainCallback(rank, world_size, i, start, position, report, device)
-            learn.fit_one_cycle(stage.epochs, stage.lr_max(), start_epoch=start, cbs=callback)
+            cbs = [DataParallel(i, world_size, device), RayTrainReport(rank, i, start, position, _report)]
+            if failure:
+                cbs.append(InjectedFailure(cfg.fail_after_epoch, position, rank))
+            learn.fit_one_cycle(stage.epochs, stage.lr_max(), start_epoch=start, cbs=cbs)
     if recipe.freeze_at_end and recipe.pretrained:
         learn.freeze()
     _final_report(learn, dls, cfg, rank, position)

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.distributed import STATE_FILE, WEIGHTS_FILE, EpochShard, Position, RayTrainCallback, sharded_train_dl
-from vehicle_ray.learner import build_dataloaders, build_learner
+from vehicle_ray.train.callback import (
+    STATE_FILE,
+    WEIGHTS_FILE,
+    DataParallel,
+    EpochShard,
+    Position,
+    RayTrainReport,
+    sharded_train_dl,
+)
+from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import write_sample_data
 
@@ -48,7 +56,7 @@ def test_sharded_loader_iterates_its_shard_only(tiny):
     assert sum(len(b[0]) for b in sharded) == len(sharded) * dls.train.bs
 
 
-def test_callback_reports_every_epoch_with_a_checkpoint_and_skips_resumed_epochs(tiny):
+def test_callbacks_report_every_epoch_with_a_checkpoint_and_skips_resumed_epochs(tiny):
     dls, recipe = tiny
     learn = build_learner(dls, recipe)
     reports = []
@@ -59,10 +67,10 @@ def test_callback_reports_every_epoch_with_a_checkpoint_and_skips_resumed_epochs
         reports.append((metrics, files, state))
 
     position = Position()
-    cb = RayTrainCallback(rank=0, world_size=1, stage=0, skip_to=1, position=position, report=report,
-                          device=dls.device)
+    cbs = [DataParallel(stage=0, world_size=1, device=dls.device),
+           RayTrainReport(rank=0, stage=0, skip_to=1, position=position, report=report)]
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(3, 1e-3, start_epoch=1, cbs=cb)
+        learn.fit_one_cycle(3, 1e-3, start_epoch=1, cbs=cbs)
     assert [m["epoch"] for m, _, _ in reports] == [2, 3]  # epoch 1 was skipped (resumed past it)
     metrics, files, state = reports[-1]
     assert files == sorted([STATE_FILE, WEIGHTS_FILE])

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from vehicle_ray.errors import InputError
-from vehicle_ray.predictor import ModelSpec
-from vehicle_ray.score import ScoreOptions, tta_settings
-from vehicle_ray.tta import TTASettings
+from vehicle_ray.score.model import ModelSpec
+from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.score.planning import tta_settings
+from vehicle_ray.score.tta import TTASettings
 
 
 def spec(has_int8: bool = True) -> ModelSpec:

@@ -29,13 +29,12 @@ class LrSuggestions:
 
 
 def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfrozen: bool) -> tuple[dict, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from fastai.callback.schedule import minimum, slide, steep, valley
 
-    from vehicle_ray.learner import build_dataloaders, build_learner
+    from vehicle_ray.report.plots import pyplot
+    from vehicle_ray.train.learner import build_dataloaders, build_learner
+
+    plt = pyplot()
 
     learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe, state_dict)
     if recipe.pretrained and not unfrozen:
@@ -54,7 +53,7 @@ def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfroz
 def find_lr(csv: str | Path, images: str | Path, out: str | Path | None, recipe: Recipe,
             fn_col: str | int = 0, label_col: str | int = 1, unfrozen: bool = False) -> LrSuggestions:
     """Run lr_find in one Ray task; write lr_find.png and lr_find.json to `out` when given."""
-    from vehicle_ray.learner import pretrained_state_dict
+    from vehicle_ray.train.learner import pretrained_state_dict
 
     data = read_labeled_csv(csv, images, fn_col, label_col)
     train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)

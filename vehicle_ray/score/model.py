@@ -1,0 +1,109 @@
+"""Which model scoring runs: a vehicle_ray artifact (model.json + safetensors/ONNX, sha256-verified,
+never unpickled) or, with --allow-pickle, any fastai export.pkl (its augmentation and input size come
+from the learner). Read on the driver before any actor starts; the actors load what `pass_files` names.
+
+fastai is imported only on the --allow-pickle path: the driver never loads torch or fastai otherwise.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, open_artifact, sha256_file
+from vehicle_ray.data import is_uri, resolve_location
+from vehicle_ray.errors import InputError
+from vehicle_ray.score.tta import TTASettings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the driver knows about the model before any actor starts (decode needs size and resize)."""
+
+    source: str  # what the user passed: a local path, or a URI every actor downloads from
+    directory: Path  # the local copy on the driver
+    allow_pickle: bool
+    classes: list[str]
+    size: int
+    resize_method: str
+    model_id: str
+    model_sha256: str
+    tta_defaults: TTASettings
+    has_onnx: bool
+    has_int8: bool = False
+
+
+def pickle_learner(directory: Path):
+    from fastai.learner import load_learner
+
+    path = directory / EXPORT_PKL if directory.is_dir() else directory
+    if not path.is_file():
+        raise InputError(f"no {EXPORT_PKL} at {directory}")
+    try:
+        return path, load_learner(path, cpu=True)
+    except Exception as exc:  # unpickling raises anything
+        raise InputError(f"cannot load fastai learner {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _learner_resize(learn) -> tuple[int, str]:
+    from fastai.vision.augment import Resize, ResizeMethod
+
+    resizes = [t for t in learn.dls.after_item.fs if isinstance(t, Resize)]
+    if not resizes:
+        raise InputError("the exported learner has no Resize item transform: cannot tell the input size")
+    r = resizes[0]
+    return int(r.size[0]), "squish" if r.method == ResizeMethod.Squish else "crop"
+
+
+def local_model(model: str | Path) -> Path:
+    """A local path as is; a URI (s3://bucket/models/x) is copied to a fresh local temp directory."""
+    if not is_uri(model):
+        return Path(model)
+    fs, base, info = resolve_location(model, "model")
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"model not found: {model}")
+    target = Path(tempfile.mkdtemp(prefix="vehicle_ray_model_"))
+    if info.type == pafs.FileType.File:
+        pafs.copy_files(base, str(target / posixpath.basename(base)), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return target / posixpath.basename(base)
+    pafs.copy_files(base, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target
+
+
+def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
+    """Read (and verify) the model's description on the driver."""
+    directory = local_model(model)
+    if not directory.exists():
+        raise InputError(f"model not found: {model}")
+    if directory.is_dir() and (directory / MODEL_JSON).is_file():
+        art = open_artifact(directory)
+        tta = art.meta["tta"]
+        return ModelSpec(source=str(model), directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
+                         resize_method=art.meta["input"]["resize_method"], model_id=art.meta["model_id"],
+                         model_sha256=art.meta["model_sha256"], tta_defaults=TTASettings(tta["n"], tta["beta"]),
+                         has_onnx=ONNX in art.meta["files"], has_int8=ONNX_INT8 in art.meta["files"])
+    if not allow_pickle:
+        raise InputError(f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
+                         "(unpickling runs code from the file: only for models you trust)")
+    path, learn = pickle_learner(directory)
+    size, method = _learner_resize(learn)
+    sha = sha256_file(path)
+    return ModelSpec(source=str(model), directory=path, allow_pickle=True, classes=[str(c) for c in learn.dls.vocab], size=size,
+                     resize_method=method, model_id=f"fastai-export-{sha[:12]}", model_sha256=sha,
+                     tta_defaults=TTASettings(), has_onnx=False)
+
+
+def pass_files(spec: ModelSpec, tta: TTASettings, backend: str, use_gpu: bool) -> tuple[str, str]:
+    """(plain-pass file, augmented-pass file): the artifact files the model actors load, so the driver
+    can verify them before any actor starts and each actor loads and verifies only those."""
+    use_onnx = backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx)
+    if use_onnx and not spec.has_onnx:
+        raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
+    full = ONNX if use_onnx else WEIGHTS
+    return (ONNX_INT8 if tta.plain_precision == "int8" else full,
+            ONNX_INT8 if tta.aug_precision == "int8" else full)

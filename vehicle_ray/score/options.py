@@ -1,0 +1,72 @@
+"""Scoring options: one typed, self-validating object shared by the library, the CLI and evaluate.
+
+The CLI takes its defaults and choices from here (the field defaults, BACKENDS, TTA_PRECISIONS), so
+the command line and the library cannot drift apart. Invalid values raise InputError on construction,
+before any listing or Ray work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from vehicle_ray.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # larger images go to errors/ (decompression bombs)
+
+Backend = Literal["auto", "onnx", "torch"]
+TTAPrecision = Literal["auto", "int8", "full"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+TTA_PRECISIONS: tuple[str, ...] = get_args(TTAPrecision)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How to score. None means "from model.json" (TTA) or "from the cluster" (actor sizing)."""
+
+    tta_n: int | None = None
+    tta_beta: float | None = None
+    tta_max: bool = False
+    no_tta: bool = False
+    batch_size: int = 64
+    actors: int | None = None
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float = 0.0
+    backend: Backend = "auto"
+    tta_precision: TTAPrecision = "auto"  # of TTA's passes: auto (int8 where possible), int8, full
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    incremental: bool = False
+    overwrite: bool = False
+    glob: str | None = None
+    fn_col: str | int = 0
+    rows_per_file: int = 100_000
+    emit_plain: bool = False  # also write the plain pass's probabilities (evaluate's TTA-off accuracy)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
+        if self.tta_precision not in TTA_PRECISIONS:
+            problems.append(f"--tta-precision must be one of {', '.join(TTA_PRECISIONS)} (got {self.tta_precision!r})")
+        if self.batch_size < 1:
+            problems.append("--batch-size must be >= 1")
+        if self.tta_n is not None and self.tta_n < 0:
+            problems.append("--tta-n must be >= 0")
+        if self.tta_beta is not None and not 0.0 <= self.tta_beta <= 1.0:
+            problems.append("--tta-beta must be within [0, 1]")
+        if self.actors is not None and self.actors < 1:
+            problems.append("--actors must be >= 1")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            problems.append("--cpus-per-actor must be > 0")
+        if self.gpus_per_actor < 0:
+            problems.append("--gpus-per-actor must be >= 0")
+        if self.max_pixels < 1:
+            problems.append("--max-pixels must be >= 1")
+        if self.rows_per_file < 1:
+            problems.append("rows_per_file must be >= 1")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def replace(self, **changes: object) -> ScoreOptions:
+        return dataclasses.replace(self, **changes)

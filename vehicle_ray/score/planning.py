@@ -1,0 +1,81 @@
+"""Planning a scoring run on the driver: the actor pool's size and the model each TTA pass runs on.
+
+Pure functions of the cluster's resources, the options and the model's description: no Ray calls, so
+the invariants (never reserve every CPU, GPU sizing, which passes may run int8) are unit-tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vehicle_ray.errors import InputError
+from vehicle_ray.score.model import ModelSpec
+from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.score.tta import TTASettings
+
+MIN_READ_AHEAD_BYTES = 256 * 2**20
+READ_AHEAD_BATCHES = 8  # decoded batches per actor that may wait in the object store
+
+
+@dataclass(frozen=True)
+class Plan:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads: int
+
+
+def plan_resources(resources: dict[str, float], opts: ScoreOptions) -> Plan:
+    """Size the actor pool from the cluster, always leaving CPU for the read/decode tasks: an actor
+    pool that reserves every CPU deadlocks Ray Data (the decode tasks wait forever)."""
+    total_cpu, total_gpu = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    if opts.gpus_per_actor > 0:
+        if total_gpu < opts.gpus_per_actor:
+            raise InputError(f"--gpus-per-actor {opts.gpus_per_actor:g} but the cluster has {total_gpu:g} GPUs")
+        actors = opts.actors or max(1, int(total_gpu // opts.gpus_per_actor))
+        cpus = opts.cpus_per_actor or 1.0
+    else:
+        reserve = max(1.0, total_cpu // 4)
+        actors = opts.actors or max(1, int((total_cpu - reserve) // 4))
+        cpus = opts.cpus_per_actor or max(1.0, float((total_cpu - reserve) // actors))
+    if actors * cpus > total_cpu - 1:
+        raise InputError(f"{actors} actors x {cpus:g} CPUs leaves no CPU for reading and decoding on a "
+                         f"{total_cpu:g}-CPU cluster; lower --actors or --cpus-per-actor")
+    threads = int(opts.cpus_per_actor) if opts.cpus_per_actor else max(1, int(total_cpu // actors))
+    return Plan(actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor, threads=threads)
+
+
+def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int:
+    """Object-store cap for the pipeline. Decoding runs far ahead of the model (~50x on CPU), and
+    uncapped Ray Data buffers decoded blocks up to its whole object-store budget, so memory would
+    grow with the dump; a few batches per actor keep every actor fed."""
+    return max(MIN_READ_AHEAD_BYTES, plan.actors * READ_AHEAD_BATCHES * batch_size * size * size * 3)
+
+
+def full_precision(opts: ScoreOptions) -> str:
+    return "bf16" if opts.gpus_per_actor > 0 else "fp32"
+
+
+def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
+    full = full_precision(opts)
+    if opts.no_tta:
+        return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none", plain_precision=full)
+    d = spec.tta_defaults
+    settings = TTASettings(n=d.n if opts.tta_n is None else opts.tta_n,
+                           beta=d.beta if opts.tta_beta is None else opts.tta_beta, use_max=opts.tta_max)
+    if settings.n == 0:
+        return replace(settings, aug_precision="none", plain_precision=full)
+    precision = tta_precision(spec, opts)
+    # evaluate reports the plain pass's accuracy on its own (TTA off): there that pass stays exact
+    return replace(settings, aug_precision=precision, plain_precision=full if opts.emit_plain else precision)
+
+
+def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
+    """What TTA's passes run on. auto: the artifact's int8 ONNX model on CPU actors (about twice as
+    fast; TTA's blend moves less under int8 than under a different draw of its own augmentations),
+    else full precision: bf16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
+    int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
+    if opts.tta_precision == "int8" and not int8_possible:
+        raise InputError("--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "
+                         "model.int8.onnx; use --tta-precision full")
+    return "int8" if int8_possible and opts.tta_precision != "full" else full_precision(opts)

@@ -1,0 +1,62 @@
+"""Training options and the worker config: a leaf module (no torch, no fastai, no Ray Train).
+
+The driver, the Ray Train controller (which unpickles the train function's config and callbacks) and
+the workers all import this; keeping it free of the training stack keeps the driver and the controller
+from paying its ~10 s of imports on a 2-CPU node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vehicle_ray.data import LabeledSet
+from vehicle_ray.errors import InputError
+from vehicle_ray.recipe import Recipe
+
+ARTIFACT_SUBDIR = "artifact"  # inside the final checkpoint: the finished model artifact
+TRAIN_LOG_LEVEL = "WARNING"  # Ray Train's own INFO lines would interleave with the epoch lines
+FAIL_AFTER_EPOCH_ENV = "VEHICLE_RAY_FAIL_AFTER_EPOCH"  # test-only: kill the last rank once after N epochs
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Where the data is, where the model goes, and how Ray Train scales the run (the recipe says
+    what to train). Validated on construction: bad values are InputError before any Ray work."""
+
+    csv: str | Path
+    images: str | Path
+    out: str | Path
+    fn_col: str | int = 0
+    label_col: str | int = 1
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs / workers
+    storage_path: str | None = None  # None: Ray's default (~/ray_results)
+    name: str | None = None  # None: a timestamped run name
+    max_failures: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.workers < 1:
+            problems.append("--workers must be >= 1")
+        if self.max_failures < 0:
+            problems.append("--max-failures must be >= 0")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            problems.append("--cpus-per-worker must be > 0")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, resolved on the driver (absolute paths, split indices)."""
+
+    data: LabeledSet
+    recipe: Recipe
+    valid_idx: np.ndarray
+    threads: int
+    fail_after_epoch: int = 0  # test-only fault injection (FAIL_AFTER_EPOCH_ENV); 0: off
