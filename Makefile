@@ -24,6 +24,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vehicle_ray jobs bench tests
+	$(VENV)/bin/ruff format --check vehicle_ray jobs bench tests
 
 bench-train: $(STAMP)
 	$(PY) bench/bench_train.py

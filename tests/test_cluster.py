@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 EXCLUDES = [".venv", ".git", "demo_output", "bench_output", "**/__pycache__"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cluster_yaml_passes_rays_launcher_schema():
@@ -101,26 +96,6 @@ def test_ray_job_submit_train_then_score(ray_head, sample_dir, tmp_path):
     assert json.loads((scores / "summary.json").read_text())["scored"] == 100
 
 
-@pytest.fixture
-def s3_server():
-    """moto's standalone S3-compatible server on loopback, for real pyarrow S3 traffic."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_s3_input_and_output_round_trip(s3_server, trained_model, sample_dir, tmp_path, monkeypatch):
@@ -142,7 +117,7 @@ def test_s3_input_and_output_round_trip(s3_server, trained_model, sample_dir, tm
     r = run_cli(*args, "--model", "s3://dumps/models/current", env=s3_server)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "scored 40 of 41 files (1 errors" in r.stdout
-    for i, name in enumerate(sorted(p.name for p in (sample_dir / "images").glob("*.jpg"))[40:50]):
+    for name in sorted(p.name for p in (sample_dir / "images").glob("*.jpg"))[40:50]:
         s3.upload_file(str(sample_dir / "images" / name), "dumps", f"night1/cam2/{name}")
     r = run_cli(*args, "--model", str(trained_model), env=s3_server)
     assert "scored 10 of 10 files (0 errors, 41 skipped" in r.stdout, r.stdout + r.stderr[-2000:]

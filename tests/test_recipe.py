@@ -73,3 +73,47 @@ def test_bad_toml_and_missing_file(tmp_path):
 def test_recipe_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Recipe().size = 5
+
+
+def test_epochs_with_no_frozen_epochs_is_one_unfrozen_stage():
+    assert Recipe().with_overrides(epochs=3, freeze_epochs=0).stages == (Stage(epochs=3),)
+
+
+def test_freeze_epochs_alone_keeps_the_recipes_unfrozen_epochs():
+    """--freeze-epochs 2 without --epochs: the seed's 8 + 10 unfrozen epochs become one 18-epoch stage."""
+    assert Recipe().with_overrides(freeze_epochs=2).stages == (Stage(epochs=2, frozen=True), Stage(epochs=18))
+
+
+def test_epochs_from_scratch_runs_no_frozen_epoch():
+    r = Recipe().with_overrides(epochs=3, pretrained=False)
+    assert r.effective_stages() == (Stage(epochs=3),)
+
+
+@pytest.mark.parametrize("overrides", [{"epochs": 0}, {"epochs": -2}, {"epochs": 3, "freeze_epochs": -1}])
+def test_non_positive_epoch_flags_are_input_errors(overrides):
+    with pytest.raises(InputError, match="stage"):
+        Recipe().with_overrides(**overrides)
+
+
+@pytest.mark.parametrize("name", [
+    "accuracy", "error_rate",
+    "f1_macro",
+])
+def test_each_metric_in_the_table_is_reported_under_its_recipe_name(name):
+    """METRICS (recipe.py) is the one table: what learner.recipe_metrics builds for a name must be a fastai
+    metric that the Recorder reports under that same name (the metrics.csv / model.json key)."""
+    from fastai.learner import mk_metric
+
+    from vehicle_ray.recipe import METRICS
+    from vehicle_ray.train.learner import recipe_metrics
+
+    assert name in METRICS
+    (metric,) = recipe_metrics(Recipe(metrics=(name,)))
+    assert mk_metric(metric).name == name
+
+
+def test_recipe_metrics_builds_one_metric_per_name_in_order():
+    from vehicle_ray.recipe import METRICS
+    from vehicle_ray.train.learner import recipe_metrics
+
+    assert len(recipe_metrics(Recipe(metrics=tuple(METRICS)))) == len(METRICS)

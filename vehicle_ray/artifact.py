@@ -10,8 +10,9 @@
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
     training_curves.png  losses and metrics per epoch, stage boundaries marked
 
-model.json is written last and the directory is moved into place in one rename, so a reader never
-sees a half-written artifact.
+model.json is written last and is the commit point: locally the directory is moved into place in one
+rename; at a URI (s3://...) the files are staged beside it and copied into place with model.json last.
+Either way a reader never sees a half-written artifact: no model.json means no model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import posixpath
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -30,10 +32,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
+from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
-from vehicle_ray.report.plots import training_curves
 from vehicle_ray.recipe import HISTORY_FIELDS, Recipe
+from vehicle_ray.report.plots import training_curves
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where it is used: the scoring driver reads artifacts without it
     import torch
@@ -47,6 +53,8 @@ CALIBRATION_IMAGES = 128
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
 FORMAT_VERSION = 1
+PUBLISH_EXIT_AFTER_ENV = "VEHICLE_RAY_TEST_PUBLISH_EXIT_AFTER"  # test-only: die after N object writes of a publish
+PUBLISH_EXIT_CODE = 86
 
 
 def sha256_file(path: Path) -> str:
@@ -158,14 +166,30 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
     return meta
 
 
-def require_free_output(out: Path, overwrite: bool) -> None:
-    """A model directory is never silently merged into: it must be absent, empty, or --overwrite."""
+def require_free_output(out: str | Path, overwrite: bool) -> None:
+    """A model location is never silently merged into. Locally: absent, empty, or --overwrite. At a URI:
+    no model.json (the commit point; leftovers of an interrupted publish are not a model), or --overwrite."""
+    if is_uri(out):
+        fs, base, _ = resolve_location(out, "--out")
+        if fs.get_file_info(posixpath.join(base, MODEL_JSON)).type != pafs.FileType.NotFound and not overwrite:
+            raise InputError(f"a model already exists at {out} (pass --overwrite to replace it)")
+        return
+    out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"output directory {out} is not empty (pass --overwrite to replace it)")
 
 
-def publish(source: Path, out: Path, overwrite: bool = False) -> None:
-    """Copy a finished artifact directory to `out` atomically: copy beside it, then one rename."""
+def publish(source: Path, out: str | Path, overwrite: bool = False) -> None:
+    """Put a finished artifact directory at `out` (a local path or a URI) so that readers see either no
+    model or a complete one, never a mix."""
+    if is_uri(out):
+        _publish_uri(source, str(out), overwrite)
+    else:
+        _publish_local(source, Path(out), overwrite)
+
+
+def _publish_local(source: Path, out: Path, overwrite: bool) -> None:
+    """Copy beside `out`, then one rename (a second one when replacing)."""
     out = out.resolve()
     require_free_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +202,44 @@ def publish(source: Path, out: Path, overwrite: bool = False) -> None:
         shutil.rmtree(trash)
     else:
         os.replace(staging, out)
+
+
+def _publish_uri(source: Path, out: str, overwrite: bool) -> None:
+    """Object stores have no rename, so model.json is the commit point: upload every file under a
+    staging prefix beside `out` (the slow, failure-prone part), drop the old model.json (from here on
+    readers see "no model"), clear `out`, server-side copy the other files into place, and copy
+    model.json last. A crash at any step leaves either no model.json or a complete model."""
+    require_free_output(out, overwrite)
+    fs, base, _ = resolve_location(out, "--out")
+    parent, name = posixpath.split(base)
+    staging = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    files = sorted(p.name for p in source.iterdir() if p.is_file())
+    ordered = [n for n in files if n != MODEL_JSON] + [MODEL_JSON]  # model.json last, everywhere
+    for n in ordered:
+        with open(source / n, "rb") as src, fs.open_output_stream(posixpath.join(staging, n)) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        _publish_step()
+    if fs.get_file_info(posixpath.join(base, MODEL_JSON)).type == pafs.FileType.File:
+        fs.delete_file(posixpath.join(base, MODEL_JSON))
+    if fs.get_file_info(base).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(base, missing_dir_ok=True)
+    for n in ordered:
+        fs.copy_file(posixpath.join(staging, n), posixpath.join(base, n))
+        _publish_step()
+    fs.delete_dir(staging)
+    logger.info(f"published {len(ordered)} files to {out}")
+
+
+_steps_done = 0
+
+
+def _publish_step() -> None:
+    """Test-only crash point: with PUBLISH_EXIT_AFTER_ENV=N the process dies after its N-th object
+    write while publishing, as a killed driver would."""
+    global _steps_done
+    _steps_done += 1
+    if os.environ.get(PUBLISH_EXIT_AFTER_ENV) == str(_steps_done):
+        os._exit(PUBLISH_EXIT_CODE)
 
 
 @dataclass(frozen=True)
@@ -210,13 +272,15 @@ def open_artifact(directory: str | Path, verify: Iterable[str] = (WEIGHTS,)) -> 
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path} is not valid JSON: {exc}") from exc
     if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{meta_path} has format_version {meta.get('format_version')}; this vehicle_ray reads {FORMAT_VERSION}")
+        raise InputError(f"{meta_path} has format_version {meta.get('format_version')}; "
+                         f"this vehicle_ray reads {FORMAT_VERSION}")
     for name in verify:
         expected = meta["files"].get(name)
         if expected is None or not (d / name).is_file():
             raise InputError(f"model directory {directory} lacks {name}")
         if sha256_file(d / name) != expected:
-            raise InputError(f"{d / name} does not match the sha256 in {MODEL_JSON}: refusing a tampered or partial model")
+            raise InputError(f"{d / name} does not match the sha256 in {MODEL_JSON}: "
+                             "refusing a tampered or partial model")
     return Artifact(directory=d, meta=meta)
 
 

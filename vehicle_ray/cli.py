@@ -11,22 +11,26 @@ from typing import Any, Callable
 
 import click
 
-from vehicle_ray.errors import InputError
+from vehicle_ray.errors import EXIT_INPUT, EXIT_TRY_LATER, InputError, TryLater
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import bundled_recipes
-from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions
+from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions, parse_actors
 from vehicle_ray.train.config import TrainOptions
 
 
 class Group(click.Group):
-    """Turns InputError from any subcommand into `Error: ...` and exit code 2, with no traceback."""
+    """Turns InputError into `Error: ...` and exit code 2, TryLater into `Busy: ...` and exit code 75
+    (EX_TEMPFAIL), from any subcommand, with no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except InputError as exc:
             click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(EXIT_INPUT)
+        except TryLater as exc:
+            click.echo(f"Busy: {exc}", err=True)
+            ctx.exit(EXIT_TRY_LATER)
 
 
 def default(options_class: type, name: str) -> Any:
@@ -45,7 +49,7 @@ def csv_options(f: Callable) -> Callable:
                      help="File-name column (relative to --images): a name or a 0-based index.")(f)
     f = click.option("--images", required=True, help="Image root: a directory or a URI (s3://...).")(f)
     f = click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
-                     help="Labeled CSV (file name + label).")(f)
+                     help="Labeled CSV (file name + label): a path or a URI.")(f)
     return f
 
 
@@ -117,26 +121,32 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
 
 @cli.command("train")
 @csv_options
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model artifact directory to write.")
+@click.option("--out", required=True,
+              help="Model artifact to write: a directory or a URI (s3://bucket/models/x; model.json is written last).")
 @recipe_options
 @click.option("--workers", default=default(TrainOptions, "workers"), show_default=True,
               help="Ray Train workers (data-parallel ranks).")
 @click.option("--gpu/--cpu", "use_gpu", default=default(TrainOptions, "use_gpu"), show_default=True,
               help="One GPU per worker (NCCL) or CPU (gloo).")
-@click.option("--cpus-per-worker", type=float, help="CPUs per worker [default: the cluster's CPUs / workers].")
+@click.option("--cpus-per-worker", type=float,
+              help="CPUs per worker [default: the cluster's CPUs / workers; 1 while fewer CPUs than workers are up].")
 @click.option("--storage-path", help="Where checkpoints and run state go (a URI on multi-node clusters) [default: ~/ray_results].")
 @click.option("--name", help="Run name; rerun with the same --storage-path and --name to resume.")
 @click.option("--max-failures", default=default(TrainOptions, "max_failures"), show_default=True, help="Worker-group restarts allowed (each resumes from the last checkpoint).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--wait-for-resources", type=float, metavar="SECONDS",
+              help="Give up (exit 2) when the workers' CPUs/GPUs are not there within SECONDS "
+                   "[default: wait until the autoscaler provides them].")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (at a URI: an existing model).")
 def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, workers: int, use_gpu: bool,
               cpus_per_worker: float | None, storage_path: str | None, name: str | None, max_failures: int,
-              overwrite: bool, **recipe_flags: Any) -> None:
+              wait_for_resources: float | None, overwrite: bool, **recipe_flags: Any) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
     from vehicle_ray.train.driver import train
 
     opts = TrainOptions(csv=csv_path, images=images, out=out, fn_col=column(fn_col), label_col=column(label_col),
                         workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, storage_path=storage_path,
-                        name=name, max_failures=max_failures, overwrite=overwrite)
+                        name=name, max_failures=max_failures, wait_for_resources=wait_for_resources,
+                        overwrite=overwrite)
     recipe, auto = build_recipe(**recipe_flags)
     if auto:
         from vehicle_ray.train.lr_find import find_lr
@@ -179,7 +189,8 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
 @click.option("--no-tta", is_flag=True, help="Plain pass only.")
 @click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True,
               help="Images per model batch (and per decode batch).")
-@click.option("--actors", type=int, help="Model actors [default: from the cluster's CPUs/GPUs].")
+@click.option("--actors", help="Model actors: N (a fixed pool) or MIN..MAX (an autoscaling pool) [default: from "
+              "the cluster's CPUs/GPUs; on a cluster we joined: 1..as many as the autoscaler can place].")
 @click.option("--cpus-per-actor", type=float, help="CPUs reserved per actor (also its thread count).")
 @click.option("--gpus-per-actor", default=default(ScoreOptions, "gpus_per_actor"), show_default=True,
               help="GPUs per actor (0: CPU actors).")
@@ -193,13 +204,26 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
 @click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
 @click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl (runs code from the file).")
+@click.option("--commit-every", default=default(ScoreOptions, "commit_every"), show_default=True,
+              help="Files per chunk commit: a crash loses at most the chunk in flight.")
+@click.option("--wait", default=default(ScoreOptions, "wait"), show_default=True,
+              help="Seconds to wait while another run holds --output, then exit 75 (try later).")
+@click.option("--no-lease", "lease", flag_value=False, default=True,
+              help="Do not take the output's lease (only when nothing else can write to it).")
+@click.option("--lease-ttl", default=default(ScoreOptions, "lease_ttl"), show_default=True,
+              help="Seconds without a heartbeat after which a holder is presumed dead.")
+@click.option("--wait-for-resources", type=float,
+              help="Seconds for the first model actor to start before failing [default: 600 on a cluster].")
+@click.option("--progress-interval", default=default(ScoreOptions, "progress_interval"), show_default=True,
+              help="Seconds between progress lines when stdout is not a terminal.")
 def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: str, allow_pickle: bool,
-              **options: Any) -> None:
+              actors: str | None, **options: Any) -> None:
     """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
     from vehicle_ray.score.driver import score
 
+    low, high = parse_actors(actors)
     summary = score(model, source, output, images=images, allow_pickle=allow_pickle,
-                    opts=ScoreOptions(fn_col=column(fn_col), **options))
+                    opts=ScoreOptions(fn_col=column(fn_col), actors=low, max_actors=high, **options))
     click.echo(summary.line())
 
 

@@ -28,7 +28,9 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     if not ray.is_initialized():
         kwargs = {}
         if not os.environ.get("RAY_ADDRESS"):
-            kwargs = {"num_cpus": num_cpus, "include_dashboard": False,
+            # address="local": always a new embedded cluster. A bare ray.init() would join the latest
+            # `ray start` cluster on this machine instead, whoever started it.
+            kwargs = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
                       "_system_config": {"enable_metrics_collection": False}}
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")

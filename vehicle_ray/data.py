@@ -58,9 +58,10 @@ def is_uri(location: str | Path) -> bool:
 
 
 def require_local_root(root: ImageRoot) -> None:
-    """fastai's DataLoaders read training images by local path (so export.pkl stays pure fastai)."""
+    """fastai's DataLoaders read training images by local path (so export.pkl stays pure fastai): a URI
+    root must be copied to local disk first (vehicle_ray.train.staging.local_images)."""
     if not root.is_local:
-        raise InputError(f"training reads images from a local or shared filesystem; {root.uri} is not one")
+        raise InputError(f"fastai reads images by local path; copy {root.uri} to local disk first")
 
 
 def resolve_location(location: str | Path, what: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
@@ -88,12 +89,14 @@ def open_root(images: str | Path) -> ImageRoot:
 
 
 def read_csv(csv: str | Path) -> pd.DataFrame:
-    """Read a CSV with every cell as a string (labels of any type become class names)."""
-    path = Path(csv)
-    if not path.is_file():
+    """Read a CSV (a local path or a URI the driver can read) with every cell as a string (labels of any
+    type become class names)."""
+    fs, path, info = resolve_location(csv, "CSV")
+    if info.type != pafs.FileType.File:
         raise InputError(f"CSV file not found: {csv}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        with fs.open_input_file(path) as f:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read CSV {csv}: {str(exc).splitlines()[0] if str(exc) else 'empty file'}") from exc
     if df.empty:
@@ -141,7 +144,7 @@ def missing_files(root: ImageRoot, names: list[str], chunk: int = 2000) -> list[
     for start in range(0, len(names), chunk):
         part = names[start:start + chunk]
         infos = root.fs.get_file_info([root.path(n) for n in part])
-        missing += [n for n, info in zip(part, infos) if info.type != pafs.FileType.File]
+        missing += [n for n, info in zip(part, infos, strict=True) if info.type != pafs.FileType.File]
     return missing
 
 
@@ -165,7 +168,8 @@ def read_labeled_csv(
     root = open_root(images)
     missing = missing_files(root, items[FN].tolist())
     if missing:
-        raise InputError(f"{len(missing)} of {len(items)} images listed in {csv} do not exist under {images}: {_quote(missing)}")
+        raise InputError(f"{len(missing)} of {len(items)} images listed in {csv} do not exist under {images}: "
+                         f"{_quote(missing)}")
     return LabeledSet(items=items.reset_index(drop=True), root=root, classes=classes)
 
 
@@ -184,4 +188,5 @@ def check_split(data: LabeledSet, train_idx: np.ndarray) -> None:
     """fastai builds the vocabulary from the training split: every class must appear there."""
     absent = sorted(set(data.classes) - set(data.items[LABEL].iloc[train_idx]))
     if absent:
-        raise InputError(f"classes {_quote(absent)} have no training images after the split; lower --valid-pct or add images")
+        raise InputError(f"classes {_quote(absent)} have no training images after the split; "
+                         "lower --valid-pct or add images")

@@ -1,9 +1,18 @@
-"""The one exception type that means "the user gave us something we cannot use".
+"""The exceptions the CLI turns into one line and a documented exit code (no traceback).
 
-The CLI turns it into a one-line message and exit code 2 (DESIGN.md); anything else is a bug or an
-environment failure and exits 1.
+InputError means "the user gave us something we cannot use".
+
+The CLI turns it into a one-line message and exit code 2; anything else is a bug or an environment
+failure and exits 1. Schedulers get their own codes, never 1 or 2 (README "Exit codes").
 """
+
+EXIT_INPUT = 2
+EXIT_TRY_LATER = 75  # EX_TEMPFAIL from sysexits.h: cron/systemd/KubeRay treat it as "run again later"
 
 
 class InputError(Exception):
     """Bad usage or bad input: reported as one line, exit code 2, no traceback."""
+
+
+class TryLater(Exception):
+    """Another run holds the output: one line, exit code 75, nothing was written."""

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from vehicle_ray.data import read_labeled_csv, split_indices
+from vehicle_ray.recipe import load_recipe
+from vehicle_ray.sample_data import write_sample_data
 from vehicle_ray.train.callback import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -18,8 +20,6 @@ from vehicle_ray.train.callback import (
     sharded_train_dl,
 )
 from vehicle_ray.train.learner import build_dataloaders, build_learner
-from vehicle_ray.recipe import load_recipe
-from vehicle_ray.sample_data import write_sample_data
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (12, 4), (7, 1), (5, 2)])

@@ -6,9 +6,9 @@ import torchvision
 
 from vehicle_ray.data import read_labeled_csv, split_indices
 from vehicle_ray.errors import InputError
-from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import write_sample_data
+from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,16 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
-from vehicle_ray.artifact import EXPORT_PKL, METRICS_CSV, MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.artifact import (
+    EXPORT_PKL,
+    METRICS_CSV,
+    MODEL_JSON,
+    ONNX,
+    ONNX_INT8,
+    WEIGHTS,
+    load_torch_model,
+    open_artifact,
+)
 from vehicle_ray.data import read_labeled_csv, split_indices
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import write_sample_data

@@ -38,6 +38,9 @@ def decode_image(data: bytes, size: int, resize_method: str = "squish", max_pixe
     """Decode one encoded image to a (size, size, 3) uint8 array as fastai's Resize would see it."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    # Pillow's own bomb guard (a warning above 89.5 Mpx, an error above twice that) follows this
+    # process-wide setting; aligned with --max-pixels so that the flag, not Pillow's default, decides.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

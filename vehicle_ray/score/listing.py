@@ -30,14 +30,14 @@ def walk(root: ImageRoot, glob: str | None) -> Iterator[str]:
     """Relative names of image files under root, one directory listing at a time (sorted, streamed)."""
     stack = [root.base]
     while stack:
-        infos = root.fs.get_file_info(pafs.FileSelector(stack.pop(), recursive=False))
-        for info in sorted(infos, key=lambda i: i.path, reverse=True):
-            if info.type == pafs.FileType.Directory:
-                stack.append(info.path)
-            elif info.type == pafs.FileType.File:
+        infos = sorted(root.fs.get_file_info(pafs.FileSelector(stack.pop(), recursive=False)), key=lambda i: i.path)
+        for info in infos:
+            if info.type == pafs.FileType.File:
                 rel = posixpath.relpath(info.path, root.base)
                 if fnmatch.fnmatch(rel, glob) if glob else rel.lower().endswith(IMAGE_EXTENSIONS):
                     yield rel
+        # subdirectories after this directory's files, in sorted order (a stack pops the last first)
+        stack += reversed([i.path for i in infos if i.type == pafs.FileType.Directory])
 
 
 def chunked(names: Iterator[str], size: int) -> Iterator[list[str]]:

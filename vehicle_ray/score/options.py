@@ -30,7 +30,8 @@ class ScoreOptions:
     tta_max: bool = False
     no_tta: bool = False
     batch_size: int = 64
-    actors: int | None = None
+    actors: int | None = None  # fixed pool size, or the minimum when max_actors is set
+    max_actors: int | None = None  # an autoscaling pool of actors..max_actors (CLI: --actors MIN..MAX)
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     backend: Backend = "auto"
@@ -40,8 +41,13 @@ class ScoreOptions:
     overwrite: bool = False
     glob: str | None = None
     fn_col: str | int = 0
-    rows_per_file: int = 100_000
     emit_plain: bool = False  # also write the plain pass's probabilities (evaluate's TTA-off accuracy)
+    commit_every: int = 10_000  # files per chunk commit: what a crash can cost at most
+    lease: bool = True  # one writer per output (lease.py)
+    wait: float = 0.0  # seconds to wait for another run's lease before exiting with 75
+    lease_ttl: float = 120.0  # a holder silent for longer is presumed dead
+    wait_for_resources: float | None = None  # seconds for the first model actor to start; None: 600 on a cluster
+    progress_interval: float = 30.0  # seconds between progress lines outside a terminal
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,16 +63,33 @@ class ScoreOptions:
             problems.append("--tta-beta must be within [0, 1]")
         if self.actors is not None and self.actors < 1:
             problems.append("--actors must be >= 1")
+        if self.max_actors is not None and self.max_actors < (self.actors or 1):
+            problems.append("--actors MIN..MAX needs 1 <= MIN <= MAX")
+        if self.commit_every < 1:
+            problems.append("--commit-every must be >= 1")
+        if self.wait < 0 or self.lease_ttl <= 0 or self.progress_interval <= 0:
+            problems.append("--wait must be >= 0, --lease-ttl and --progress-interval > 0")
+        if self.wait_for_resources is not None and self.wait_for_resources <= 0:
+            problems.append("--wait-for-resources must be > 0")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             problems.append("--cpus-per-actor must be > 0")
         if self.gpus_per_actor < 0:
             problems.append("--gpus-per-actor must be >= 0")
         if self.max_pixels < 1:
             problems.append("--max-pixels must be >= 1")
-        if self.rows_per_file < 1:
-            problems.append("rows_per_file must be >= 1")
         if problems:
             raise InputError("; ".join(problems))
 
     def replace(self, **changes: object) -> ScoreOptions:
         return dataclasses.replace(self, **changes)
+
+
+def parse_actors(text: str | None) -> tuple[int | None, int | None]:
+    """--actors N (a fixed pool) or MIN..MAX (an autoscaling pool) -> (actors, max_actors)."""
+    if text is None:
+        return None, None
+    low, sep, high = text.partition("..")
+    try:
+        return (int(low), int(high)) if sep else (int(low), None)
+    except ValueError:
+        raise InputError(f"--actors takes N or MIN..MAX (got {text!r})") from None

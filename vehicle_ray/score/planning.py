@@ -19,16 +19,35 @@ READ_AHEAD_BATCHES = 8  # decoded batches per actor that may wait in the object 
 
 @dataclass(frozen=True)
 class Plan:
-    actors: int
+    actors: int  # the pool's minimum (and its size when fixed)
+    max_actors: int | None  # None: as many as the cluster's autoscaler can place
     cpus_per_actor: float
     gpus_per_actor: float
     threads: int
 
+    @property
+    def fixed(self) -> bool:
+        return self.max_actors == self.actors
 
-def plan_resources(resources: dict[str, float], opts: ScoreOptions) -> Plan:
-    """Size the actor pool from the cluster, always leaving CPU for the read/decode tasks: an actor
-    pool that reserves every CPU deadlocks Ray Data (the decode tasks wait forever)."""
-    total_cpu, total_gpu = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    def describe(self) -> str:
+        size = str(self.actors) if self.fixed else f"{self.actors}..{self.max_actors or 'autoscale'}"
+        gpu = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
+        return f"{size} actor(s) x {self.cpus_per_actor:g} CPU{gpu}, {self.threads} threads each"
+
+
+def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: bool = False) -> Plan:
+    """Size the actor pool. On a fixed cluster (the embedded one) from its resources, always leaving
+    CPU for the read/decode tasks: an actor pool that reserves every CPU deadlocks Ray Data (the decode
+    tasks wait forever). On a cluster we joined (`elastic`: an autoscaler may add nodes) nothing is
+    refused for what happens to be up at start: the pool starts at --actors MIN (default 1) and grows
+    to MAX (default: as far as the autoscaler goes) as Ray Data asks the cluster for more."""
+    total_cpu, total_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    fits_now = total_cpu >= 2 and (opts.gpus_per_actor == 0 or total_gpu >= opts.gpus_per_actor)
+    if elastic and (not fits_now or opts.max_actors is not None):
+        cpus = opts.cpus_per_actor or 1.0
+        fixed_size = opts.actors if opts.max_actors is None else None  # --actors N stays a fixed pool
+        return Plan(actors=opts.actors or 1, max_actors=opts.max_actors or fixed_size, cpus_per_actor=cpus,
+                    gpus_per_actor=opts.gpus_per_actor, threads=max(1, int(cpus)))
     if opts.gpus_per_actor > 0:
         if total_gpu < opts.gpus_per_actor:
             raise InputError(f"--gpus-per-actor {opts.gpus_per_actor:g} but the cluster has {total_gpu:g} GPUs")
@@ -41,15 +60,19 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions) -> Plan:
     if actors * cpus > total_cpu - 1:
         raise InputError(f"{actors} actors x {cpus:g} CPUs leaves no CPU for reading and decoding on a "
                          f"{total_cpu:g}-CPU cluster; lower --actors or --cpus-per-actor")
-    threads = int(opts.cpus_per_actor) if opts.cpus_per_actor else max(1, int(total_cpu // actors))
-    return Plan(actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor, threads=threads)
+    threads = max(1, int(opts.cpus_per_actor)) if opts.cpus_per_actor else max(1, int(total_cpu // actors))
+    return Plan(actors=actors, max_actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor,
+                threads=threads)
 
 
-def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int:
+def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int | None:
     """Object-store cap for the pipeline. Decoding runs far ahead of the model (~50x on CPU), and
     uncapped Ray Data buffers decoded blocks up to its whole object-store budget, so memory would
-    grow with the dump; a few batches per actor keep every actor fed."""
-    return max(MIN_READ_AHEAD_BYTES, plan.actors * READ_AHEAD_BATCHES * batch_size * size * size * 3)
+    grow with the dump; a few batches per actor keep every actor fed. An unbounded (autoscaling) pool
+    gets Ray Data's own budget, which grows with the cluster's object stores."""
+    if plan.max_actors is None:
+        return None
+    return max(MIN_READ_AHEAD_BYTES, plan.max_actors * READ_AHEAD_BATCHES * batch_size * size * size * 3)
 
 
 def full_precision(opts: ScoreOptions) -> str:

@@ -125,7 +125,7 @@ class RayTrainReport(Callback):
         if self.epoch < self.skip_to:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
             return
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
-        metrics = {n: float(v) for n, v in zip(names, self.learn.final_record)}
+        metrics = {n: float(v) for n, v in zip(names, self.learn.final_record, strict=False)}
         metrics.update(stage=self.stage + 1, epoch=self.epoch + 1, n_epochs=self.n_epoch,
                        lr=float(self.opt.hypers[-1]["lr"]), seconds=round(time.perf_counter() - self._t0, 3))
         self.position.stage, self.position.epoch = self.stage, self.epoch + 1

@@ -26,18 +26,19 @@ class TrainOptions:
     """Where the data is, where the model goes, and how Ray Train scales the run (the recipe says
     what to train). Validated on construction: bad values are InputError before any Ray work."""
 
-    csv: str | Path
-    images: str | Path
-    out: str | Path
+    csv: str | Path  # a local path or a URI the driver can read
+    images: str | Path  # a local directory or a URI (workers copy it to a per-node cache)
+    out: str | Path  # a local directory or a URI (published with model.json last)
     fn_col: str | int = 0
     label_col: str | int = 1
     workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float | None = None  # None: the cluster's CPUs / workers
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs / workers, or 1 if fewer CPUs are up
     storage_path: str | None = None  # None: Ray's default (~/ray_results)
     name: str | None = None  # None: a timestamped run name
     max_failures: int = 0
     overwrite: bool = False
+    wait_for_resources: float | None = None  # None: wait for the worker group as long as it takes (Ray's way)
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,6 +48,8 @@ class TrainOptions:
             problems.append("--max-failures must be >= 0")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             problems.append("--cpus-per-worker must be > 0")
+        if self.wait_for_resources is not None and self.wait_for_resources <= 0:
+            problems.append("--wait-for-resources must be > 0 seconds")
         if problems:
             raise InputError("; ".join(problems))
 

@@ -14,15 +14,19 @@ import logging
 import os
 import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR as WORKER_GROUP_START_TIMEOUT_ENV
+from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError, WorkerGroupStartupTimeoutError
 
 from vehicle_ray.artifact import open_artifact, publish, require_free_output
 from vehicle_ray.cluster import init_ray, require_shared_path
-from vehicle_ray.data import check_split, read_labeled_csv, require_local_root, split_indices
+from vehicle_ray.data import check_split, is_uri, read_labeled_csv, split_indices
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
 from vehicle_ray.train.config import (
@@ -36,30 +40,88 @@ from vehicle_ray.train.launch import EpochPrinter, run_worker
 
 logger = logging.getLogger(__name__)
 
+# With --wait-for-resources the Train controller would also print a timed-out start as a full traceback
+# (it logs every controller failure with logger.exception) before the driver reports it in one line;
+# its full logs stay in the session's logs/train/ files. Failures of the training itself still reach the
+# driver as the exception that fit() raises.
+BOUNDED_WAIT_LOG_LEVEL = "CRITICAL"
+
 
 @dataclass(frozen=True)
 class TrainResult:
-    out: Path
+    out: str | Path  # a local path or the URI the model was published to
     metrics: dict[str, float]
     seconds: float
 
 
 def cpus_per_worker(opts: TrainOptions, resources: dict[str, float]) -> float:
-    """--cpus-per-worker, else an equal share of the cluster's CPUs (at least one)."""
+    """--cpus-per-worker, else an equal share of the cluster's CPUs, or 1 when fewer CPUs are up than
+    workers: on an autoscaling cluster the nodes that will run the workers may not exist yet (a fresh
+    cluster reports 0 CPUs), and a share of what happens to be up says nothing about them."""
     if opts.cpus_per_worker is not None:
         return opts.cpus_per_worker
-    return max(1, int(resources.get("CPU", 1) // opts.workers))
+    return max(1, int(resources.get("CPU", 0) // opts.workers))
+
+
+def worker_resources(opts: TrainOptions, cpus: float) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": 1} if opts.use_gpu else {"CPU": cpus}
+
+
+def missing_resources(opts: TrainOptions, per_worker: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
+    """What the worker group needs beyond what the cluster has now (empty: it fits)."""
+    need = {k: v * opts.workers for k, v in per_worker.items()}
+    return {k: v for k, v in need.items() if cluster.get(k, 0) < v}
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in resources.items()) + "}"
+
+
+@contextmanager
+def resource_wait(opts: TrainOptions, per_worker: dict[str, float],
+                  cluster: dict[str, float]) -> Iterator[FailureConfig]:
+    """Ray Train's own wait for the worker group's placement group, bounded by --wait-for-resources.
+
+    Ray Train V2 waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) per attempt and retries a timed-out
+    start as a controller failure, without limit by default: on an autoscaling cluster the workers start
+    when their nodes are up. With --wait-for-resources S the attempt lasts S seconds and no controller
+    failure is retried (the driver propagates that variable to the Train controller), so the timeout
+    comes back as one InputError naming what is missing. Yields the FailureConfig to train with."""
+    missing = missing_resources(opts, per_worker, cluster)
+    if missing:
+        until = f"up to {opts.wait_for_resources:g}s" if opts.wait_for_resources else "until they appear"
+        logger.info(f"waiting for resources: {opts.workers} workers x {_describe(per_worker)} "
+                    f"(cluster has {_describe({k: cluster.get(k, 0) for k in per_worker})}); {until}")
+    if opts.wait_for_resources is None:
+        yield FailureConfig(max_failures=opts.max_failures)
+        return
+    saved = os.environ.get(WORKER_GROUP_START_TIMEOUT_ENV)
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(opts.wait_for_resources)
+    try:
+        yield FailureConfig(max_failures=opts.max_failures, controller_failure_limit=0)
+    except ControllerError as exc:
+        if not isinstance(exc.controller_failure, (WorkerGroupStartupTimeoutError, InsufficientClusterResourcesError)):
+            raise
+        still = missing_resources(opts, per_worker, ray.cluster_resources()) or missing
+        raise InputError(f"gave up waiting for resources after {opts.wait_for_resources:g}s (--wait-for-resources): "
+                         f"{opts.workers} workers x {_describe(per_worker)} need "
+                         f"{', '.join(f'{k} {v:g}' for k, v in still.items()) or 'more than is free'}; "
+                         f"the cluster has {_describe(ray.cluster_resources())}") from None
+    finally:
+        if saved is None:
+            os.environ.pop(WORKER_GROUP_START_TIMEOUT_ENV, None)
+        else:
+            os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = saved
 
 
 def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
-    """Train the recipe on Ray Train and publish the artifact to `opts.out`."""
+    """Train the recipe on Ray Train and publish the artifact to `opts.out` (a local path or a URI)."""
     t0 = time.perf_counter()
-    out = Path(opts.out).resolve()
+    out = opts.out if is_uri(opts.out) else Path(opts.out).resolve()
     require_free_output(out, opts.overwrite)
     data = read_labeled_csv(opts.csv, opts.images, opts.fn_col, opts.label_col)
     train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
     check_split(data, train_idx)
-    require_local_root(data.root)
     state_dict = None
     if recipe.pretrained:  # fastai/torchvision are imported only when there are weights to fetch
         from vehicle_ray.train.learner import pretrained_state_dict
@@ -68,33 +130,36 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
     resources = init_ray()
     require_shared_path(str(opts.images), "--images")
     require_shared_path(opts.storage_path or "~/ray_results", "--storage-path")
-    if opts.use_gpu and resources.get("GPU", 0) < 1:
-        raise InputError("--gpu given but the Ray cluster has no GPU (use --cpu)")
+    require_shared_path(str(opts.out), "--out")
     cpus = cpus_per_worker(opts, resources)
     cfg = WorkerConfig(data=data, recipe=recipe, valid_idx=valid_idx, threads=max(1, int(cpus)),
                        fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")))
     from ray.train.torch import TorchTrainer  # imports torch (Ray's TorchConfig): only once training starts
 
     run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainer = TorchTrainer(
-        run_worker,
-        train_loop_config={"worker_config": pickle.dumps(cfg),
-                           "weights_ref": ray.put(state_dict) if state_dict is not None else None},
-        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=opts.storage_path,
-            failure_config=FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[EpochPrinter(recipe.metrics)],
-            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
-        ),
-    )
+    per_worker = worker_resources(opts, cpus)
     logger.info(f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
                 f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}; run {run_name}")
-    result = trainer.fit()
+    with resource_wait(opts, per_worker, resources) as failure_config:
+        trainer = TorchTrainer(
+            run_worker,
+            train_loop_config={"worker_config": pickle.dumps(cfg),
+                               "weights_ref": ray.put(state_dict) if state_dict is not None else None},
+            scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.use_gpu,
+                                         resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=opts.storage_path,
+                failure_config=failure_config,
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[EpochPrinter(recipe.metrics)],
+                logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None
+                                             else BOUNDED_WAIT_LOG_LEVEL),
+            ),
+        )
+        result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        publish(Path(d) / ARTIFACT_SUBDIR, out, overwrite=opts.overwrite)
-    meta = open_artifact(out).meta
+        artifact = Path(d) / ARTIFACT_SUBDIR
+        meta = open_artifact(artifact).meta
+        publish(artifact, out, overwrite=opts.overwrite)
     return TrainResult(out=out, metrics=meta["metrics"], seconds=time.perf_counter() - t0)

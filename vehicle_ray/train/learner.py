@@ -10,10 +10,10 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
+import fastai.metrics
 import numpy as np
 import torch
 import torchvision
-import fastai.metrics
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import ColReader, IndexSplitter, Normalize
@@ -46,7 +46,10 @@ def recipe_metrics(recipe: Recipe) -> list:
     for name in recipe.metrics:
         attr, kwargs = METRICS[name]
         metric = getattr(fastai.metrics, attr)
-        built.append(metric(**kwargs) if kwargs else metric)
+        if kwargs:  # a configured metric object: give it the recipe's name (metrics.csv, model.json)
+            metric = metric(**kwargs)
+            metric.name = name
+        built.append(metric)
     return built
 
 

@@ -13,30 +13,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16/to_fp32)
+import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar)
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import numpy as np
 import ray
 import ray.train
 import torch
-import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16/to_fp32)
-import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar)
-import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.data.core import DataLoaders
 from fastai.learner import load_model
 
 from vehicle_ray.artifact import write_artifact
 from vehicle_ray.train.callback import (
     WEIGHTS_FILE,
-    Position,
     DataParallel,
     InjectedFailure,
+    Position,
     RayTrainReport,
     read_position,
     sharded_train_dl,
     write_checkpoint,
 )
-from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
-
+from vehicle_ray.train.learner import build_dataloaders, build_learner
+from vehicle_ray.train.staging import local_images
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     _seed_everything(recipe.seed)
-    dls = build_dataloaders(cfg.data, recipe, cfg.valid_idx, device)
+    dls = build_dataloaders(local_images(cfg.data), recipe, cfg.valid_idx, device)
     learn = build_learner(dls, recipe, ray.get(weights_ref) if weights_ref is not None else None)
     learn.model.to(device)
     learn.dls = DataLoaders(sharded_train_dl(dls.train, rank, world_size, recipe.seed), dls.valid, device=device)

@@ -33,16 +33,18 @@ def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfroz
 
     from vehicle_ray.report.plots import pyplot
     from vehicle_ray.train.learner import build_dataloaders, build_learner
+    from vehicle_ray.train.staging import local_images
 
     plt = pyplot()
 
-    learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe, state_dict)
+    learn = build_learner(build_dataloaders(local_images(data), recipe, valid_idx), recipe, state_dict)
     if recipe.pretrained and not unfrozen:
         learn.freeze()
     with learn.no_bar():
         found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
     fig = plt.gcf()
-    fig.axes[0].set_title(f"lr_find: {recipe.arch} @ {recipe.size}px, {'unfrozen' if unfrozen or not recipe.pretrained else 'frozen'}")
+    state = "unfrozen" if unfrozen or not recipe.pretrained else "frozen"
+    fig.axes[0].set_title(f"lr_find: {recipe.arch} @ {recipe.size}px, {state}")
     fig.axes[0].legend()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")

@@ -1,0 +1,30 @@
+"""Progress lines for logs: the format, and one line per interval outside a terminal."""
+
+import logging
+
+from vehicle_ray.score.progress import Progress, duration, progress_line
+
+
+def test_line_format():
+    line = progress_line(done=250, total=1000, errors=3, chunks=2, elapsed=10.0)
+    assert line == "progress 250/1000 files (25.0%), 25.0 images/s, 3 errors, 2 chunks committed, ETA 30s"
+    assert progress_line(1000, 1000, 0, 1, 40.0).endswith("1 chunk committed, ETA 0s")
+    assert progress_line(0, 10, 0, 0, 0.0).endswith("ETA ?")
+
+
+def test_durations():
+    assert [duration(s) for s in (9.5, 165, 3725)] == ["10s", "2m45s", "1h02m"]
+
+
+def test_one_line_per_interval_when_not_a_terminal(caplog):
+    now = [0.0]
+    progress = Progress(total=100, interval=30.0, tty=False, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="vehicle_ray.score.progress"):
+        for step in range(1, 101):  # 100 updates over 100 s: one line per 30 s, then the closing line
+            now[0] = float(step)
+            progress.update(done=step, errors=0, chunks=step // 40)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4  # at 30 s, 60 s, 90 s, and the close
+    assert lines[0].startswith("progress 30/100 files (30.0%)")
+    assert lines[-1].startswith("progress 100/100 files (100.0%)") and "2 chunks committed" in lines[-1]
