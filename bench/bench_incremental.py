@@ -179,6 +179,11 @@ def run_child(kind: str, args: argparse.Namespace, **extra: object) -> dict:
 
 # --- report ------------------------------------------------------------------------------------------
 
+def rss(runs: list[dict]) -> str:
+    base = statistics.median(r["base_rss_mb"] for r in runs)
+    return f"{fmt([r['maxrss_mb'] for r in runs], 'MB', 0)} ({base:.0f})"
+
+
 def fmt(values: list[float], unit: str = "s", digits: int = 2) -> str:
     each = f" ({', '.join(f'{v:.{digits}f}' for v in values)})" if len(values) > 1 else ""
     return f"{statistics.median(values):.{digits}f} {unit}{each}"
@@ -224,7 +229,7 @@ def report(args: argparse.Namespace, layouts: dict[str, dict]) -> None:
         print(f"| done-index, {name} | {layout['files']} | {fmt([r['total_s'] for r in runs])} | "
               f"{statistics.median(r['hash_s'] for r in runs):.2f} s | "
               f"{statistics.median(r['contains_s'] for r in runs):.2f} s | "
-              f"{fmt([r['maxrss_mb'] for r in runs], 'MB', 0)} ({statistics.median(r['base_rss_mb'] for r in runs):.0f}) |",
+              f"{rss(runs)} |",
               flush=True)
     if args.old_chunks:
         runs = [run_child("old", args) for _ in range(args.repeats)]
@@ -232,14 +237,14 @@ def report(args: argparse.Namespace, layouts: dict[str, dict]) -> None:
         per = [r["per_chunk_s"] for r in runs]
         print(f"| old np.isin, {args.old_history:,} rows in memory | - | {statistics.median(per) * chunks:.1f} s "
               f"(extrapolated: {chunks} x {fmt(per)} per chunk, {args.old_chunks} timed) | - | - | "
-              f"{fmt([r['maxrss_mb'] for r in runs], 'MB', 0)} ({statistics.median(r['base_rss_mb'] for r in runs):.0f}) |")
+              f"{rss(runs)} |")
     if "compacted" in layouts:
         c = layouts["compacted"]
         print(f"\ncompaction of {layouts.get('uncompacted', {}).get('files', '?')} files into {c['files']} "
               f"(fanout {args.fanout}): {c['compact_s']:.1f} s; sizes {c['sizes']}")
         nights = [nightly_compaction(args, c["dir"], night) for night in range(args.repeats)]
         print(f"a night's commits ({expected:,} rows in chunk files) then compact, on the compacted layout: "
-              f"{fmt([n[0] for n in nights])}; files after: {[n[1] for n in nights]}")
+              f"{fmt([n[0] for n in nights], digits=3)}; files after: {[n[1] for n in nights]}")
 
 
 def nightly_compaction(args: argparse.Namespace, index_dir: str, night: int) -> tuple[float, int]:
