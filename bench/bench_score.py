@@ -5,10 +5,13 @@ forward passes alone (5 per image) on pre-decoded batches. Ratios > 1 mean vehic
 vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 augmented passes). The default
 dump is 1000 images: the ~20 s of fixed start-up (Ray, the actor's torch/fastai imports) weigh on a
 600-image dump as they never do on a nightly one; pass --images 600 to see that.
+Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against
+one commit at the end (what the previous version did), interleaved, medians; K far below the
+default 10,000 bounds the default's cost from above.
 Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the dump (with
 --no-tta, to keep the 10x run short).
 
-    .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--memory]
+    .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--commits K] [--memory]
 """
 
 import argparse
@@ -105,6 +108,21 @@ def timings(args, work: Path, images: Path, model: Path) -> dict:
     }
 
 
+def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
+    """Whole-process wall time with --commit-every K vs a single commit, interleaved; medians."""
+    walls: dict[str, list[float]] = {"chunked": [], "single": []}
+    for i in range(max(1, args.repeats)):
+        for label, every in (("chunked", args.commits), ("single", 10**9)):
+            walls[label].append(timed([sys.executable, "-m", "vehicle_ray.cli", "score", "--model", str(model),
+                                       "--input", str(images), "--output", str(work / f"c{label}{i}"),
+                                       "--commit-every", str(every)])[0])
+        print(f"repeat {i + 1}: commit every {args.commits}: {walls['chunked'][-1]:.1f}s, "
+              f"one commit: {walls['single'][-1]:.1f}s", flush=True)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    return {"commit_every": args.commits, "commits": -(-args.images // args.commits), "median_wall_s": med,
+            "chunked_over_single": round(med["chunked"] / med["single"], 4)}
+
+
 def main() -> None:
     from vehicle_ray.sample_data import write_sample_data
 
@@ -114,6 +132,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="0: skip the timings (e.g. with --memory)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
+    ap.add_argument("--commits", type=int, default=0, help="K: time --commit-every K against one commit")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
     make_model(work, args.size)
@@ -121,7 +140,9 @@ def main() -> None:
     images, model = work / "dump" / "images", work / "model"
     py = sys.executable
     result: dict = {"images": args.images, "size": args.size, "repeats": args.repeats, "threads": args.threads}
-    if args.repeats:
+    if args.commits:
+        result["commit_cost"] = commit_cost(args, work, images, model)
+    elif args.repeats:
         result.update(timings(args, work, images, model))
     if args.memory:
         big = work / "dump10x" / "images"

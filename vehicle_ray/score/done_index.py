@@ -190,7 +190,6 @@ class DoneIndex:
     ignored: list[IndexFile] = field(default_factory=list)  # keys not (all) committed: never read
     _cache: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
     _local: dict[str, str] = field(default_factory=dict, repr=False)
-    _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, fs: pafs.FileSystem, index_dir: str, committed: Collection[str] | None = None) -> DoneIndex:
@@ -210,7 +209,6 @@ class DoneIndex:
         self.close()
 
     def close(self) -> None:
-        self._maps = {}
         if self._cache is not None:
             self._cache.cleanup()
             self._cache, self._local = None, {}
@@ -229,15 +227,12 @@ class DoneIndex:
         return set(committed) - self.covered_keys
 
     def array(self, f: IndexFile) -> np.ndarray:
-        """The sorted hashes of one file as a read-only memmap (pages are read as searched). Kept
-        mapped until close(): the listing checks every file once per 100k chunk, and a fresh map
-        would fault its pages in again each time. Mapped pages are clean page cache, not heap."""
+        """The sorted hashes of one file as a read-only memmap (pages are read as searched). A fresh
+        map per call, dropped after use: keeping all maps open made the peak RSS the whole index
+        (496 MB at 40M hashes against 213 MB, same speed), i.e. grow with history."""
         if f.count == 0:
             return np.empty(0, dtype=np.uint64)
-        if f.path not in self._maps:
-            self._maps[f.path] = np.memmap(self._local_path(f), dtype=_DTYPE, mode="r", offset=f.offset,
-                                           shape=(f.count,))
-        return self._maps[f.path]
+        return np.memmap(self._local_path(f), dtype=_DTYPE, mode="r", offset=f.offset, shape=(f.count,))
 
     def _local_path(self, f: IndexFile) -> str:
         if isinstance(self.fs, pafs.LocalFileSystem):
