@@ -64,7 +64,7 @@ def maxrss_mb() -> float:
 
 def history_hashes(args: argparse.Namespace) -> np.ndarray:
     """--history hashes in commit order: random ones plus the done listing files' real hashes."""
-    from vehicle_ray.score.store import path_hashes
+    from vehicle_ray.score.done_index import path_hashes
 
     done = done_positions(args.listing, args.new_frac)
     paths = listing_paths(0, args.listing)
@@ -122,7 +122,7 @@ def check_new(args: argparse.Namespace) -> dict:
     import pyarrow.fs as pafs
 
     from vehicle_ray.score.done_index import DoneIndex
-    from vehicle_ray.score.store import path_hashes
+    from vehicle_ray.score.done_index import path_hashes
 
     base = maxrss_mb()
     t_open = time.perf_counter()
@@ -145,7 +145,7 @@ def check_new(args: argparse.Namespace) -> dict:
 
 def check_old(args: argparse.Namespace) -> dict:
     """The old check: every committed hash sorted in memory, np.isin per chunk (first chunks only)."""
-    from vehicle_ray.score.store import path_hashes
+    from vehicle_ray.score.done_index import path_hashes
 
     base = maxrss_mb()
     done = done_positions(args.listing, args.new_frac)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vehicle_ray.score import done_index as di
-from vehicle_ray.score.store import path_hashes
+from vehicle_ray.score.done_index import path_hashes
 
 FS = pafs.LocalFileSystem()
 

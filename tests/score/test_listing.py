@@ -13,7 +13,8 @@ from vehicle_ray.data import open_root
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.listing import chunked, iter_listing, walk, write_manifest
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.store import OutputStore, path_hashes
+from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.store import OutputStore
 
 IMAGES = ["z.JPG", "0.webp", "a/2.jpg", "a/1.PNG", "a/sub/3.Jpeg", "b/4.png", "b/5.tif", "c/6.bmp"]
 OTHERS = ["notes.txt", "a/readme.md", "b/4.png.bak", "c/.hidden", "a/sub/x.jpg.tmp"]
@@ -106,7 +107,7 @@ def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names
     store = OutputStore.open(str(tmp_path / "out"))
     root, chunks = iter_listing(tree, None, ScoreOptions(), chunk=3)
     done = np.sort(path_hashes([root.full_name(n) for n in done_names + ["elsewhere/not-listed.jpg"]]))
-    manifest, listed, new = write_manifest(store, "run1", root, chunks, done)
+    manifest, listed, new = write_manifest(store, "run1", root, chunks, lambda h: np.isin(h, done))
     todo = sorted(set(IMAGES) - set(done_names))
     assert (listed, new) == (len(IMAGES), len(todo))
     if todo:
@@ -119,6 +120,6 @@ def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names
 def test_manifest_without_done_files_lists_everything(tmp_path, tree):
     store = OutputStore.open(str(tmp_path / "out"))
     root, chunks = iter_listing(tree, None, ScoreOptions(), chunk=3)
-    manifest, listed, new = write_manifest(store, "run1", root, chunks, np.empty(0, dtype=np.uint64))
+    manifest, listed, new = write_manifest(store, "run1", root, chunks, None)
     assert listed == new == len(IMAGES)
     assert [p for p, _ in manifest_rows(manifest)] == sorted(str(tree / n) for n in IMAGES)

@@ -1,6 +1,6 @@
 """The output store's commit protocol (score/store.py) on a local temp directory, no Ray.
 
-Invariants: a row set is visible (under predictions/ or errors/, and in `done_hashes`) exactly when
+Invariants: a row set is visible (under predictions/ or errors/, and in the done-index) exactly when
 its commit record exists; what a crashed run staged without a record is deleted by `recover`, what it
 recorded is rolled forward; errors rows carry only ERROR_COLUMNS; outputs of the previous layout
 (one `_runs/<id>.json` per run, no chunk records) stay committed in full.
@@ -9,13 +9,13 @@ recorded is rolled forward; errors rows carry only ERROR_COLUMNS; outputs of the
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from vehicle_ray.errors import InputError
-from vehicle_ray.score.store import ERROR_COLUMNS, ERRORS, PREDICTIONS, OutputStore, path_hashes, split_rows
+from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.store import ERROR_COLUMNS, ERRORS, PREDICTIONS, OutputStore, split_rows
 
 
 def rows(paths: list[str], failed: frozenset = frozenset()) -> pa.Table:
@@ -36,6 +36,16 @@ def commit(store: OutputStore, run_id: str, index: int, paths: list[str], failed
     record = store.stage_chunk(run_id, index, rows(paths, failed))
     store.commit_chunk(record)
     return record
+
+
+ALL = ["/a", "/b", "/c", "/d", "/x", "/y", "/staged-only"]
+
+
+def done(store: OutputStore) -> list[str]:
+    """The paths of ALL that the done-index reports as committed (what --incremental skips)."""
+    with store.done_index() as index:
+        found = index.contains(path_hashes(ALL))
+    return sorted(p for p, f in zip(ALL, found, strict=True) if f)
 
 
 def files(store: OutputStore, kind: str) -> list[Path]:
@@ -77,13 +87,10 @@ def test_a_finished_run_lands_in_its_partitions(store):
     assert store.finished_runs() == store.committed_runs() == {"r1"}
 
 
-def test_done_hashes_are_exactly_the_committed_paths(store):
+def test_the_done_index_holds_exactly_the_committed_paths(store):
     commit(store, "r1", 1, ["/a", "/b"], failed=frozenset({"/b"}))
     store.stage_chunk("r1", 2, rows(["/staged-only"]))  # staged, never committed
-    done = store.done_hashes()
-    assert done.dtype == np.uint64
-    assert np.array_equal(done, np.sort(path_hashes(["/a", "/b"])))
-    assert np.all(done[:-1] <= done[1:])
+    assert done(store) == ["/a", "/b"]
 
 
 def test_a_killed_runs_committed_chunks_count_and_its_staging_is_removed(store):
@@ -94,7 +101,7 @@ def test_a_killed_runs_committed_chunks_count_and_its_staging_is_removed(store):
     store.recover()
     assert not (Path(store.base) / "_staging").exists() or not any((Path(store.base) / "_staging").iterdir())
     assert paths_in(store, PREDICTIONS) == ["/a"]
-    assert np.array_equal(store.done_hashes(), path_hashes(["/a"]))
+    assert done(store) == ["/a"]
 
 
 def test_recover_rolls_a_recorded_chunk_forward(store, monkeypatch):
@@ -109,9 +116,9 @@ def test_recover_rolls_a_recorded_chunk_forward(store, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             store.commit_chunk(record)
     assert paths_in(store, PREDICTIONS) == []
-    assert store.recover()["rolled_forward"] == 2
+    assert store.recover()["rolled_forward"] == 3  # predictions, errors and the done-index file
     assert (paths_in(store, PREDICTIONS), paths_in(store, ERRORS)) == (["/a"], ["/b"])
-    assert np.array_equal(store.done_hashes(), np.sort(path_hashes(["/a", "/b"])))
+    assert done(store) == ["/a", "/b"]
     assert store.recover() == {"rolled_forward": 0, "removed": 0}  # idempotent
 
 
@@ -122,7 +129,7 @@ def test_recover_deletes_files_no_record_names_and_keeps_committed_ones(store):
     orphan.parent.mkdir(parents=True)
     pq.write_table(rows(["/x"]), stray)
     pq.write_table(rows(["/y"]), orphan)
-    assert np.array_equal(store.done_hashes(), path_hashes(["/a"]))  # never counted, even before recover
+    assert done(store) == ["/a"]  # never counted, even before recover
     assert store.recover()["removed"] == 2
     assert not stray.exists() and not orphan.parent.exists()
     assert paths_in(store, PREDICTIONS) == ["/a"]
@@ -143,11 +150,11 @@ def test_outputs_of_the_previous_layout_stay_committed(store):
     write_legacy_run(store, "old", ["/a", "/b"], record=True)
     write_legacy_run(store, "crashed", ["/c", "/d"], record=False)
     assert store.committed_runs() == {"old"}
-    assert np.array_equal(store.done_hashes(), np.sort(path_hashes(["/a", "/b"])))
+    assert done(store) == ["/a", "/b"]
     store.recover()
     assert (paths_in(store, PREDICTIONS), paths_in(store, ERRORS)) == (["/a"], ["/b"])
     commit(store, "new", 1, ["/c"])
-    assert np.array_equal(store.done_hashes(), np.sort(path_hashes(["/a", "/b", "/c"])))
+    assert done(store) == ["/a", "/b", "/c"]
 
 
 def test_clear_forgets_every_run_but_not_the_lease(store):
@@ -156,7 +163,7 @@ def test_clear_forgets_every_run_but_not_the_lease(store):
     lease = Path(store.base) / "_lease.json"
     lease.write_text("{}")
     store.clear()
-    assert store.committed_runs() == set() and len(store.done_hashes()) == 0
+    assert store.committed_runs() == set() and done(store) == []
     assert files(store, PREDICTIONS) == files(store, ERRORS) == []
     assert not (Path(store.base) / "summary.json").exists()
     assert lease.exists()  # clear runs under the lease: it must not drop it

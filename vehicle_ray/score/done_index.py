@@ -18,8 +18,8 @@ File format (one object, so a PUT or a rename makes it visible whole):
     rest     sorted, unique little-endian uint64 hashes (count = remaining bytes / 8)
 
 Exactly-once rests on three rules that the committer keeps:
-  1. A unit's index file is built from the very Parquet rows the unit commits and is moved into
-     place with its partitions, before its commit record.
+  1. A unit's index file is built from the very Parquet rows the unit commits and is one of the
+     files its commit record names (store.py): placed with its partitions, rolled forward with them.
   2. Readers pass the set of committed keys: a file whose keys are not all committed is ignored
      (a crash between moving the file and writing the record leaves such a file).
   3. At run start, `DoneIndex.missing(committed)` names committed units without an index file
@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from vehicle_ray.score.store import path_hashes
+import pandas as pd
 
 INDEX_DIR = "_index"
 SUFFIX = ".idx"
@@ -59,9 +59,15 @@ _DTYPE = np.dtype("<u8")
 _SLICE = 4_000_000
 
 
+def path_hashes(paths) -> np.ndarray:
+    """64-bit hashes of path strings: the done-set costs 8 bytes a file, not a Python string.
+    categorize=False: the same values, ~12x faster on 1M distinct paths (0.30 s vs 3.7 s)."""
+    return pd.util.hash_array(np.asarray(paths, dtype=object), categorize=False).astype(np.uint64)
+
+
 def hash_paths(paths: Iterable[str] | np.ndarray | pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The 64-bit hashes the index stores: store.path_hashes itself, so the index and the listing
-    filter can never disagree on a value. Arrow arrays are accepted (Parquet path columns)."""
+    """The 64-bit hashes the index stores: path_hashes itself, so the index and the listing filter
+    can never disagree on a value. Arrow arrays are accepted (Parquet path columns)."""
     if isinstance(paths, (pa.Array, pa.ChunkedArray)):
         paths = paths.to_numpy(zero_copy_only=False)
     elif not isinstance(paths, (np.ndarray, list, tuple)):

@@ -39,7 +39,8 @@ from vehicle_ray.score.planning import Plan, plan_resources, read_ahead_bytes, t
 from vehicle_ray.score.predictor import Predictor
 from vehicle_ray.score.lease import Lease, lease_backend
 from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress
-from vehicle_ray.score.store import ChunkCommit, OutputStore, path_hashes
+from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.store import ChunkCommit, OutputStore
 from vehicle_ray.score.tta import TTASettings
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
         elif store.committed_runs() and not opts.incremental:
             raise InputError(f"{output} already holds scored runs; pass --incremental to score only new files, "
                              "or --overwrite to start again")
-        done = store.done_hashes() if opts.incremental else np.empty(0, dtype=np.uint64)
-        manifest, listed, new = write_manifest(store, run_id, root, chunks, done)
+        with store.done_index() if opts.incremental else contextlib.nullcontext() as done:
+            manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
         logger.info(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
                     f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {_precisions(tta)}); {plan.describe()}; "
                     f"committing every {opts.commit_every} files")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,8 @@ from vehicle_ray.data import ImageRoot, check_file_names, is_uri, open_root, rea
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.decode import IMAGE_EXTENSIONS
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.store import STAGING, OutputStore, path_hashes
+from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.store import STAGING, OutputStore
 
 MANIFEST_CHUNK = 100_000
 
@@ -68,14 +69,16 @@ def iter_listing(
 
 
 def write_manifest(store: OutputStore, run_id: str, root: ImageRoot, chunks: Iterator[list[str]],
-                   done: np.ndarray) -> tuple[str, int, int]:
-    """Stream the listing into Parquet under staging; returns (manifest dir, listed, new)."""
+                   is_done: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[str, int, int]:
+    """Stream the listing into Parquet under staging, dropping files `is_done` (a mask over path
+    hashes; --incremental: the output's done-index) says are committed; returns (manifest dir,
+    listed, new)."""
     manifest = store.path(STAGING, run_id, "manifest")
     store.fs.create_dir(manifest, recursive=True)
     listed = new = 0
     for i, rel in enumerate(chunks):
         paths = [root.full_name(r) for r in rel]
-        keep = ~np.isin(path_hashes(paths), done) if len(done) else np.ones(len(paths), dtype=bool)
+        keep = ~is_done(path_hashes(paths)) if is_done is not None else np.ones(len(paths), dtype=bool)
         listed += len(paths)
         if keep.any():
             table = pa.table({"path": np.asarray(paths, dtype=object)[keep], "rel": np.asarray(rel, dtype=object)[keep]})

@@ -5,6 +5,7 @@
     OUT/_runs/<run_id>/chunk-<k>.json               chunk commit record (written BEFORE its files move)
     OUT/_runs/<run_id>.json                         run record: the run finished (its summary)
     OUT/_staging/<run_id>/                          work in progress, never read by anyone else
+    OUT/_index/*.idx                                the done-index: path hashes per committed chunk (done_index.py)
     OUT/_lease.json                                 who is writing (lease.py)
     OUT/summary.json                                the latest finished run's summary
 
@@ -22,31 +23,34 @@ records) stay readable and count as committed in full.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError
+from vehicle_ray.score.done_index import (
+    INDEX_DIR,
+    DoneIndex,
+    build_from_parquet,
+    compact,
+    hash_paths,
+    index_file_name,
+    remove_uncommitted,
+    write_index_file,
+)
 
 PREDICTIONS, ERRORS, RUNS, STAGING, SUMMARY = "predictions", "errors", "_runs", "_staging", "summary.json"
 KINDS = (PREDICTIONS, ERRORS)
 ERROR_COLUMNS = ["path", "error", "model_id", "model_sha256"]
-
-
-def path_hashes(paths) -> np.ndarray:
-    """64-bit hashes of path strings: the done-set costs 8 bytes a file, not a Python string."""
-    return pd.util.hash_array(np.asarray(paths, dtype=object)).astype(np.uint64)
 
 
 def split_rows(table: pa.Table) -> dict[str, pa.Table]:
@@ -58,6 +62,11 @@ def split_rows(table: pa.Table) -> dict[str, pa.Table]:
 
 def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
+
+
+def index_key(run_id: str, index: int) -> str:
+    """The done-index key of one committed chunk."""
+    return f"{run_id}.{chunk_name(index)}"
 
 
 @dataclass(frozen=True)
@@ -138,15 +147,31 @@ class OutputStore:
                 if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
         return files
 
-    def done_hashes(self) -> np.ndarray:
-        """Sorted hashes of every path already in a committed chunk or run (predictions or errors)."""
-        chunks = [np.empty(0, dtype=np.uint64)]
-        for kind in KINDS:
-            files = self.committed_files(kind)
-            if files:
-                for batch in pads.dataset(files, filesystem=self.fs, format="parquet").to_batches(columns=["path"]):
-                    chunks.append(path_hashes(batch.column(0).to_pylist()))
-        return np.sort(np.concatenate(chunks))
+    def _units(self) -> dict[str, list[str]]:
+        """Committed units (a chunk, or a whole run of the previous version) -> their Parquet files:
+        the keys of the done-index."""
+        units = {index_key(r.run_id, r.index): [self.path(f) for f in r.files if f.split("/")[0] in KINDS]
+                 for r in self.chunk_records()}
+        for run_id in self._legacy_runs():
+            units[run_id] = [i.path for kind in KINDS for i in self.fs.get_file_info(
+                pafs.FileSelector(self.path(kind, f"run={run_id}"), recursive=True, allow_not_found=True))
+                if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+        return units
+
+    @contextlib.contextmanager
+    def done_index(self) -> Iterator[DoneIndex]:
+        """What --incremental skips: the done-index over every committed unit (run under the lease,
+        after `recover`). Index files of uncommitted units are removed, missing ones (an output of
+        the previous version, a lost file) rebuilt from their Parquet once, small ones compacted."""
+        units, index_dir = self._units(), self.path(INDEX_DIR)
+        remove_uncommitted(self.fs, index_dir, units)
+        with DoneIndex.open(self.fs, index_dir, units) as probe:
+            missing = sorted(probe.missing(units))
+        for key in missing:
+            build_from_parquet(self.fs, units[key], posixpath.join(index_dir, index_file_name(key)), [key])
+        compact(self.fs, index_dir, committed=units)
+        with DoneIndex.open(self.fs, index_dir, units) as index:
+            yield index
 
     # --- recovery and clean-up (only ever run by the lease holder) ------------------------------
 
@@ -176,7 +201,7 @@ class OutputStore:
 
     def clear(self) -> None:
         """--overwrite: forget every earlier run."""
-        for kind in (*KINDS, RUNS, STAGING):
+        for kind in (*KINDS, RUNS, STAGING, INDEX_DIR):
             if self.fs.get_file_info(self.path(kind)).type == pafs.FileType.Directory:
                 self.fs.delete_dir(self.path(kind))
         if self._exists(SUMMARY):
@@ -202,10 +227,15 @@ class OutputStore:
                 f.write(data)
 
     def stage_chunk(self, run_id: str, index: int, rows: pa.Table) -> ChunkCommit:
-        """Write one chunk's predictions/errors Parquet files under the run's staging directory."""
+        """Write one chunk's predictions/errors Parquet files and its done-index file under the run's
+        staging directory; the commit record will name all three."""
         counts, files = {}, {}
         staged_dir = posixpath.join(STAGING, run_id, chunk_name(index))
         self.fs.create_dir(self.path(staged_dir), recursive=True)
+        key = index_key(run_id, index)
+        staged_index = posixpath.join(staged_dir, "done.idx")
+        write_index_file(self.fs, self.path(staged_index), hash_paths(rows.column("path")), [key])
+        files[posixpath.join(INDEX_DIR, index_file_name(key))] = staged_index
         for kind, part in split_rows(rows).items():
             counts[kind] = part.num_rows
             if part.num_rows:
