@@ -62,6 +62,7 @@ def maxrss_mb() -> float:
 
 # --- setup (parent) --------------------------------------------------------------------------------
 
+
 def history_hashes(args: argparse.Namespace) -> np.ndarray:
     """--history hashes in commit order: random ones plus the done listing files' real hashes."""
     from vehicle_ray.score.done_index import path_hashes
@@ -83,7 +84,7 @@ def write_layout(history: np.ndarray, index_dir: str, rows: int) -> int:
     fs = pafs.LocalFileSystem()
     for n, start in enumerate(range(0, len(history), rows)):
         key = f"run-{n:05d}"
-        di.write_index_file(fs, os.path.join(index_dir, di.index_file_name(key)), history[start:start + rows], [key])
+        di.write_index_file(fs, os.path.join(index_dir, di.index_file_name(key)), history[start : start + rows], [key])
     return n + 1
 
 
@@ -99,8 +100,10 @@ def build_layouts(args: argparse.Namespace, work: Path) -> dict[str, dict]:
     layouts["uncompacted"] = {"dir": str(work / "uncompacted"), "files": files}
     print(f"wrote {files} files of {args.chunk_rows} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
     if "files-1M" in args.layouts:
-        layouts["files-1M"] = {"dir": str(work / "files-1M"),
-                               "files": write_layout(history, str(work / "files-1M"), 1_000_000)}
+        layouts["files-1M"] = {
+            "dir": str(work / "files-1M"),
+            "files": write_layout(history, str(work / "files-1M"), 1_000_000),
+        }
     del history
     if "compacted" in args.layouts:
         shutil.copytree(work / "uncompacted", work / "compacted")
@@ -109,20 +112,24 @@ def build_layouts(args: argparse.Namespace, work: Path) -> dict[str, dict]:
         seconds = time.perf_counter() - t
         with di.DoneIndex.open(pafs.LocalFileSystem(), str(work / "compacted")) as index:
             files = sorted(f.count for f in index.files)
-        layouts["compacted"] = {"dir": str(work / "compacted"), "files": len(files), "compact_s": seconds,
-                                "sizes": files}
+        layouts["compacted"] = {
+            "dir": str(work / "compacted"),
+            "files": len(files),
+            "compact_s": seconds,
+            "sizes": files,
+        }
         print(f"compacted into {len(files)} files in {seconds:.1f} s", file=sys.stderr)
     return {k: v for k, v in layouts.items() if k in args.layouts}
 
 
 # --- the timed checks (child processes) ------------------------------------------------------------
 
+
 def check_new(args: argparse.Namespace) -> dict:
     """The new check, as write_manifest would do it: per chunk hash + DoneIndex.contains."""
     import pyarrow.fs as pafs
 
-    from vehicle_ray.score.done_index import DoneIndex
-    from vehicle_ray.score.done_index import path_hashes
+    from vehicle_ray.score.done_index import DoneIndex, path_hashes
 
     base = maxrss_mb()
     t_open = time.perf_counter()
@@ -139,8 +146,16 @@ def check_new(args: argparse.Namespace) -> dict:
         new += int((~index.contains(hashes)).sum())
         contains_s += time.perf_counter() - t
     index.close()
-    return {"open_s": open_s, "hash_s": hash_s, "contains_s": contains_s, "total_s": open_s + hash_s + contains_s,
-            "new": new, "files": len(index.files), "base_rss_mb": base, "maxrss_mb": maxrss_mb()}
+    return {
+        "open_s": open_s,
+        "hash_s": hash_s,
+        "contains_s": contains_s,
+        "total_s": open_s + hash_s + contains_s,
+        "new": new,
+        "files": len(index.files),
+        "base_rss_mb": base,
+        "maxrss_mb": maxrss_mb(),
+    }
 
 
 def check_old(args: argparse.Namespace) -> dict:
@@ -153,8 +168,7 @@ def check_old(args: argparse.Namespace) -> dict:
     real = path_hashes([paths[i] for i in done])
     del paths
     rng = np.random.default_rng(11)
-    committed = np.sort(np.concatenate([rng.integers(0, 2**64, args.old_history - len(real), dtype=np.uint64),
-                                        real]))
+    committed = np.sort(np.concatenate([rng.integers(0, 2**64, args.old_history - len(real), dtype=np.uint64), real]))
     per_chunk = []
     new = 0
     for start in range(0, args.old_chunks * args.chunk_rows, args.chunk_rows):
@@ -163,14 +177,33 @@ def check_old(args: argparse.Namespace) -> dict:
         new += int((~np.isin(path_hashes(paths), committed)).sum())
         per_chunk.append(time.perf_counter() - t)
     expected = args.chunk_rows * args.old_chunks - int((done < args.chunk_rows * args.old_chunks).sum())
-    return {"per_chunk_s": statistics.median(per_chunk), "chunks": len(per_chunk), "new": new,
-            "expected_new": expected, "base_rss_mb": base, "maxrss_mb": maxrss_mb()}
+    return {
+        "per_chunk_s": statistics.median(per_chunk),
+        "chunks": len(per_chunk),
+        "new": new,
+        "expected_new": expected,
+        "base_rss_mb": base,
+        "maxrss_mb": maxrss_mb(),
+    }
 
 
 def run_child(kind: str, args: argparse.Namespace, **extra: object) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--listing", str(args.listing), "--new-frac",
-           str(args.new_frac), "--chunk-rows", str(args.chunk_rows), "--old-history", str(args.old_history),
-           "--old-chunks", str(args.old_chunks)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--listing",
+        str(args.listing),
+        "--new-frac",
+        str(args.new_frac),
+        "--chunk-rows",
+        str(args.chunk_rows),
+        "--old-history",
+        str(args.old_history),
+        "--old-chunks",
+        str(args.old_chunks),
+    ]
     for name, value in extra.items():
         cmd += [f"--{name}", str(value)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=HERE.parent)
@@ -178,6 +211,7 @@ def run_child(kind: str, args: argparse.Namespace, **extra: object) -> dict:
 
 
 # --- report ------------------------------------------------------------------------------------------
+
 
 def rss(runs: list[dict]) -> str:
     base = statistics.median(r["base_rss_mb"] for r in runs)
@@ -219,32 +253,42 @@ def main() -> None:
 def report(args: argparse.Namespace, layouts: dict[str, dict]) -> None:
     chunks = -(-args.listing // args.chunk_rows)
     expected = args.listing - len(done_positions(args.listing, args.new_frac))
-    print(f"\nhistory {args.history:,} hashes, listing {args.listing:,} ({expected:,} new) in {chunks} chunks; "
-          f"medians of {args.repeats} (each repeat)\n")
+    print(
+        f"\nhistory {args.history:,} hashes, listing {args.listing:,} ({expected:,} new) in {chunks} chunks; "
+        f"medians of {args.repeats} (each repeat)\n"
+    )
     print("| approach | index files | done-check wall | of which hashing | contains | peak RSS (baseline) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, layout in layouts.items():
         runs = [run_child("new", args, index=layout["dir"]) for _ in range(args.repeats)]
         assert all(r["new"] == expected for r in runs), (name, [r["new"] for r in runs], expected)
-        print(f"| done-index, {name} | {layout['files']} | {fmt([r['total_s'] for r in runs])} | "
-              f"{statistics.median(r['hash_s'] for r in runs):.2f} s | "
-              f"{statistics.median(r['contains_s'] for r in runs):.2f} s | "
-              f"{rss(runs)} |",
-              flush=True)
+        print(
+            f"| done-index, {name} | {layout['files']} | {fmt([r['total_s'] for r in runs])} | "
+            f"{statistics.median(r['hash_s'] for r in runs):.2f} s | "
+            f"{statistics.median(r['contains_s'] for r in runs):.2f} s | "
+            f"{rss(runs)} |",
+            flush=True,
+        )
     if args.old_chunks:
         runs = [run_child("old", args) for _ in range(args.repeats)]
         assert all(r["new"] == r["expected_new"] for r in runs), runs
         per = [r["per_chunk_s"] for r in runs]
-        print(f"| old np.isin, {args.old_history:,} rows in memory | - | {statistics.median(per) * chunks:.1f} s "
-              f"(extrapolated: {chunks} x {fmt(per)} per chunk, {args.old_chunks} timed) | - | - | "
-              f"{rss(runs)} |")
+        print(
+            f"| old np.isin, {args.old_history:,} rows in memory | - | {statistics.median(per) * chunks:.1f} s "
+            f"(extrapolated: {chunks} x {fmt(per)} per chunk, {args.old_chunks} timed) | - | - | "
+            f"{rss(runs)} |"
+        )
     if "compacted" in layouts:
         c = layouts["compacted"]
-        print(f"\ncompaction of {layouts.get('uncompacted', {}).get('files', '?')} files into {c['files']} "
-              f"(fanout {args.fanout}): {c['compact_s']:.1f} s; sizes {c['sizes']}")
+        print(
+            f"\ncompaction of {layouts.get('uncompacted', {}).get('files', '?')} files into {c['files']} "
+            f"(fanout {args.fanout}): {c['compact_s']:.1f} s; sizes {c['sizes']}"
+        )
         nights = [nightly_compaction(args, c["dir"], night) for night in range(args.repeats)]
-        print(f"a night's commits ({expected:,} rows in chunk files) then compact, on the compacted layout: "
-              f"{fmt([n[0] for n in nights], digits=3)}; files after: {[n[1] for n in nights]}")
+        print(
+            f"a night's commits ({expected:,} rows in chunk files) then compact, on the compacted layout: "
+            f"{fmt([n[0] for n in nights], digits=3)}; files after: {[n[1] for n in nights]}"
+        )
 
 
 def nightly_compaction(args: argparse.Namespace, index_dir: str, night: int) -> tuple[float, int]:

@@ -35,9 +35,9 @@ def make_model(out: Path, size: int) -> None:
 
     from vehicle_ray.artifact import write_artifact
     from vehicle_ray.data import read_labeled_csv, split_indices
-    from vehicle_ray.train.learner import build_dataloaders, build_learner
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.sample_data import write_sample_data
+    from vehicle_ray.train.learner import build_dataloaders, build_learner
 
     write_sample_data(out / "train", train=64, test=0, size=size, seed=1)
     recipe = load_recipe("tiny_cpu").with_overrides(size=size)
@@ -88,15 +88,37 @@ def timings(args, work: Path, images: Path, model: Path) -> dict:
     bounds: list[float] = []
     for i in range(args.repeats):
         out = work / f"out{i}"
-        walls["vehicle_ray"].append(timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model),
-                                           "--input", str(images), "--output", str(out)])[0])
-        walls["fastai_tta"].append(timed([py, str(HERE / "plain_fastai_tta.py"), str(model), str(images),
-                                          str(args.threads)])[0])
-        r = subprocess.run([py, str(HERE / "forward_bound.py"), str(model), str(images), str(args.threads)],
-                           capture_output=True, text=True, check=True)
+        walls["vehicle_ray"].append(
+            timed(
+                [
+                    py,
+                    "-m",
+                    "vehicle_ray.cli",
+                    "score",
+                    "--model",
+                    str(model),
+                    "--input",
+                    str(images),
+                    "--output",
+                    str(out),
+                ]
+            )[0]
+        )
+        walls["fastai_tta"].append(
+            timed([py, str(HERE / "plain_fastai_tta.py"), str(model), str(images), str(args.threads)])[0]
+        )
+        r = subprocess.run(
+            [py, str(HERE / "forward_bound.py"), str(model), str(images), str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         bounds.append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
-        print(f"repeat {i + 1}: vehicle-ray {walls['vehicle_ray'][-1]:.1f}s, fastai tta {walls['fastai_tta'][-1]:.1f}s, "
-              f"forward bound {bounds[-1]:.1f}s", flush=True)
+        print(
+            f"repeat {i + 1}: vehicle-ray {walls['vehicle_ray'][-1]:.1f}s, fastai tta {walls['fastai_tta'][-1]:.1f}s, "
+            f"forward bound {bounds[-1]:.1f}s",
+            flush=True,
+        )
     n = args.images
     med = {k: statistics.median(v) for k, v in walls.items()}
     bound = statistics.median(bounds)
@@ -113,14 +135,36 @@ def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
     walls: dict[str, list[float]] = {"chunked": [], "single": []}
     for i in range(max(1, args.repeats)):
         for label, every in (("chunked", args.commits), ("single", 10**9)):
-            walls[label].append(timed([sys.executable, "-m", "vehicle_ray.cli", "score", "--model", str(model),
-                                       "--input", str(images), "--output", str(work / f"c{label}{i}"),
-                                       "--commit-every", str(every)])[0])
-        print(f"repeat {i + 1}: commit every {args.commits}: {walls['chunked'][-1]:.1f}s, "
-              f"one commit: {walls['single'][-1]:.1f}s", flush=True)
+            walls[label].append(
+                timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "vehicle_ray.cli",
+                        "score",
+                        "--model",
+                        str(model),
+                        "--input",
+                        str(images),
+                        "--output",
+                        str(work / f"c{label}{i}"),
+                        "--commit-every",
+                        str(every),
+                    ]
+                )[0]
+            )
+        print(
+            f"repeat {i + 1}: commit every {args.commits}: {walls['chunked'][-1]:.1f}s, "
+            f"one commit: {walls['single'][-1]:.1f}s",
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in walls.items()}
-    return {"commit_every": args.commits, "commits": -(-args.images // args.commits), "median_wall_s": med,
-            "chunked_over_single": round(med["chunked"] / med["single"], 4)}
+    return {
+        "commit_every": args.commits,
+        "commits": -(-args.images // args.commits),
+        "median_wall_s": med,
+        "chunked_over_single": round(med["chunked"] / med["single"], 4),
+    }
 
 
 def main() -> None:
@@ -151,12 +195,43 @@ def main() -> None:
             for f in images.iterdir():
                 os.link(f, big / f"{k}_{f.name}")
         # --no-tta: memory is about streaming, not passes, and it keeps the 10x run to minutes
-        small_peak = timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model), "--input", str(images),
-                            "--output", str(work / "mem1"), "--no-tta"], measure_memory=True)[1]
-        big_peak = timed([py, "-m", "vehicle_ray.cli", "score", "--model", str(model), "--input", str(big),
-                          "--output", str(work / "mem10"), "--no-tta"], measure_memory=True)[1]
-        result["peak_rss_mb"] = {"1x": round(small_peak / 2**20), "10x": round(big_peak / 2**20),
-                                 "ratio": round(big_peak / small_peak, 3)}
+        small_peak = timed(
+            [
+                py,
+                "-m",
+                "vehicle_ray.cli",
+                "score",
+                "--model",
+                str(model),
+                "--input",
+                str(images),
+                "--output",
+                str(work / "mem1"),
+                "--no-tta",
+            ],
+            measure_memory=True,
+        )[1]
+        big_peak = timed(
+            [
+                py,
+                "-m",
+                "vehicle_ray.cli",
+                "score",
+                "--model",
+                str(model),
+                "--input",
+                str(big),
+                "--output",
+                str(work / "mem10"),
+                "--no-tta",
+            ],
+            measure_memory=True,
+        )[1]
+        result["peak_rss_mb"] = {
+            "1x": round(small_peak / 2**20),
+            "10x": round(big_peak / 2**20),
+            "ratio": round(big_peak / small_peak, 3),
+        }
     print(json.dumps(result, indent=2))
 
 

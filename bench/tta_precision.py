@@ -2,8 +2,8 @@
 
 Runs the scorer's own TTA on the same decoded images twice with the same random augmentations
 (same torch seed): once with every pass on the fp32 ONNX model, once with every pass on the
-artifact's int8 model (what `--tta-precision auto` runs on CPU). Prints label agreement and |dp| between the two, and the same figures for
-two fp32 runs with different seeds (fastai-style TTA's own noise), for scale.
+artifact's int8 model (what `--tta-precision auto` runs on CPU). Prints label agreement and |dp|
+between the two, and the same figures for two fp32 runs with different seeds (fastai-style TTA's own noise), for scale.
 
     .venv/bin/python bench/tta_precision.py MODEL_DIR IMAGE_DIR [--images 600] [--n 4]
 """
@@ -17,7 +17,7 @@ import torch
 
 from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
 from vehicle_ray.score.decode import decode_image
-from vehicle_ray.score.predictor import onnx_forward, artifact_batch_transforms
+from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
 from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
 
 
@@ -36,9 +36,14 @@ def main() -> None:
     settings = TTASettings(n=args.n, beta=art.meta["tta"]["beta"])
     files = sorted(Path(args.images).iterdir())[: args.limit]
 
-    decoded = [torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size, art.meta["input"]["resize_method"])
-                                          for f in files[i:i + 64]])).permute(0, 3, 1, 2)
-               for i in range(0, len(files), 64)]
+    decoded = [
+        torch.from_numpy(
+            np.stack(
+                [decode_image(f.read_bytes(), art.size, art.meta["input"]["resize_method"]) for f in files[i : i + 64]]
+            )
+        ).permute(0, 3, 1, 2)
+        for i in range(0, len(files), 64)
+    ]
 
     def run(seed: int, forward) -> np.ndarray:
         torch.manual_seed(seed)
@@ -46,15 +51,24 @@ def main() -> None:
 
     def compare(a: np.ndarray, b: np.ndarray) -> dict:
         d = np.abs(a - b)
-        return {"label_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4),
-                "mean_abs_dp": round(float(d.mean()), 5), "max_abs_dp": round(float(d.max()), 4)}
+        return {
+            "label_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4),
+            "mean_abs_dp": round(float(d.mean()), 5),
+            "max_abs_dp": round(float(d.max()), 4),
+        }
 
     reference = run(0, fp32)
-    print(json.dumps({
-        "images": len(files), "tta_n": args.n,
-        "int8_vs_fp32_same_augmentations": compare(run(0, int8), reference),
-        "fp32_vs_fp32_other_augmentations": compare(run(1, fp32), reference),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "images": len(files),
+                "tta_n": args.n,
+                "int8_vs_fp32_same_augmentations": compare(run(0, int8), reference),
+                "fp32_vs_fp32_other_augmentations": compare(run(1, fp32), reference),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,7 @@ def test_any_number_of_classes_and_label_types(small, tmp_path):
         ("image_names,emergency_or_not\n1000.jpg,1\n1000.jpg,0\n", "duplicate file names in"),
         ("image_names,emergency_or_not\n../x.jpg,1\n1001.jpg,0\n", "escape the image root: ../x.jpg"),
         ("image_names,emergency_or_not\n/etc/passwd,1\n1001.jpg,0\n", "escape the image root: /etc/passwd"),
-        ("image_names,emergency_or_not\n1000.jpg,1\nnope1.jpg,0\nnope2.jpg,0\n",
-         "2 of 3 images listed in"),
+        ("image_names,emergency_or_not\n1000.jpg,1\nnope1.jpg,0\nnope2.jpg,0\n", "2 of 3 images listed in"),
         ("image_names,emergency_or_not\n1000.jpg,\n1001.jpg,0\n", "empty label"),
         ("image_names,emergency_or_not\n,1\n1001.jpg,0\n", "empty file name"),
     ],
@@ -109,14 +108,26 @@ def test_class_missing_from_training_split(small, tmp_path):
         check_split(data, train_idx)
 
 
-@pytest.mark.parametrize("csv_text, message", [
-    ("image_names,emergency_or_not\n1000.jpg,1\n1000.jpg,0\n", "duplicate file names"),
-    ("image_names,emergency_or_not\n../../etc/passwd,1\n1001.jpg,0\n", "escape the image root"),
-])
+@pytest.mark.parametrize(
+    "csv_text, message",
+    [
+        ("image_names,emergency_or_not\n1000.jpg,1\n1000.jpg,0\n", "duplicate file names"),
+        ("image_names,emergency_or_not\n../../etc/passwd,1\n1001.jpg,0\n", "escape the image root"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(small, tmp_path, csv_text, message):
     csv = write(tmp_path, csv_text)
-    r = run_cli("train", "--csv", str(csv), "--images", str(small / "images"), "--out", str(tmp_path / "m"),
-                "--config", "tiny_cpu")
+    r = run_cli(
+        "train",
+        "--csv",
+        str(csv),
+        "--images",
+        str(small / "images"),
+        "--out",
+        str(tmp_path / "m"),
+        "--config",
+        "tiny_cpu",
+    )
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr

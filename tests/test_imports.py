@@ -10,8 +10,13 @@ import sys
 
 import pytest
 
-LIGHT = ["vehicle_ray.cli", "vehicle_ray.score.driver", "vehicle_ray.train.driver", "vehicle_ray.train.config",
-         "vehicle_ray.train.launch"]
+LIGHT = [
+    "vehicle_ray.cli",
+    "vehicle_ray.score.driver",
+    "vehicle_ray.train.driver",
+    "vehicle_ray.train.config",
+    "vehicle_ray.train.launch",
+]
 HEAVY = ("torch", "fastai")
 
 EVERY = "every module"
@@ -34,16 +39,20 @@ print("\\n".join(failed))
 
 
 def light_check(module: str) -> str:
-    return (f"import importlib, sys; importlib.import_module({module!r}); "
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    return (
+        f"import importlib, sys; importlib.import_module({module!r}); "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
 
 
 @pytest.fixture(scope="module")
 def interpreters():
     """All the fresh interpreters of this file, started at once (mostly import time: they overlap)."""
     codes = {**{m: light_check(m) for m in LIGHT}, EVERY: EVERY_MODULE}
-    procs = {name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True) for name, code in codes.items()}
+    procs = {
+        name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, code in codes.items()
+    }
 
     def result(name: str) -> subprocess.CompletedProcess:
         out, err = procs[name].communicate(timeout=300)

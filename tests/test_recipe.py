@@ -48,13 +48,16 @@ def test_flag_overrides_any_field_and_none_means_unset():
     assert (r.size, r.do_flip, r.bs) == (64, False, 64)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"size": 4}, "size must be"),
-    ({"stages": ({"epochs": 0},)}, "stage 1 needs"),
-    ({"metrics": ["accuracy", "auc"]}, "unknown metrics"),
-    ({"colour": "red"}, "unknown recipe keys"),
-    ({"stages": ({"epochs": 2, "lr": 1e-4, "lr_min": 1e-3},)}, "stage 1 needs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"size": 4}, "size must be"),
+        ({"stages": ({"epochs": 0},)}, "stage 1 needs"),
+        ({"metrics": ["accuracy", "auc"]}, "unknown metrics"),
+        ({"colour": "red"}, "unknown recipe keys"),
+        ({"stages": ({"epochs": 2, "lr": 1e-4, "lr_min": 1e-3},)}, "stage 1 needs"),
+    ],
+)
 def test_invalid_recipes_are_input_errors(change, message):
     d = {**Recipe().to_dict(), **change}
     with pytest.raises(InputError, match=message):
@@ -95,10 +98,14 @@ def test_non_positive_epoch_flags_are_input_errors(overrides):
         Recipe().with_overrides(**overrides)
 
 
-@pytest.mark.parametrize("name", [
-    "accuracy", "error_rate",
-    "f1_macro",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "accuracy",
+        "error_rate",
+        "f1_macro",
+    ],
+)
 def test_each_metric_in_the_table_is_reported_under_its_recipe_name(name):
     """METRICS (recipe.py) is the one table: what learner.recipe_metrics builds for a name must be a fastai
     metric that the Recorder reports under that same name (the metrics.csv / model.json key)."""

@@ -43,19 +43,30 @@ def column(value: str) -> str | int:
 
 
 def csv_options(f: Callable) -> Callable:
-    f = click.option("--label-col", default="1", show_default=True,
-                     help="Label column: a name or a 0-based index.")(f)
-    f = click.option("--fn-col", default="0", show_default=True,
-                     help="File-name column (relative to --images): a name or a 0-based index.")(f)
+    f = click.option("--label-col", default="1", show_default=True, help="Label column: a name or a 0-based index.")(f)
+    f = click.option(
+        "--fn-col",
+        default="0",
+        show_default=True,
+        help="File-name column (relative to --images): a name or a 0-based index.",
+    )(f)
     f = click.option("--images", required=True, help="Image root: a directory or a URI (s3://...).")(f)
-    f = click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
-                     help="Labeled CSV (file name + label): a path or a URI.")(f)
+    f = click.option(
+        "--csv",
+        "csv_path",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Labeled CSV (file name + label): a path or a URI.",
+    )(f)
     return f
 
 
 _RECIPE_OPTIONS = [
-    click.option("--config", help=f"TOML recipe file, or a bundled name: {', '.join(bundled_recipes())}. "
-                 "Default: the seed recipe (emergency_vehicles)."),
+    click.option(
+        "--config",
+        help=f"TOML recipe file, or a bundled name: {', '.join(bundled_recipes())}. "
+        "Default: the seed recipe (emergency_vehicles).",
+    ),
     click.option("--arch", help="torchvision architecture known to fastai (resnet18, resnet50, ...)."),
     click.option("--size", type=int, help="Input size in pixels (square)."),
     click.option("--bs", type=int, help="Batch size per worker."),
@@ -63,7 +74,9 @@ _RECIPE_OPTIONS = [
     click.option("--epochs", type=int, help="One one-cycle stage of N epochs (replaces the recipe's stages)."),
     click.option("--freeze-epochs", type=int, help="Frozen epochs before --epochs (default 1 when pretrained)."),
     click.option("--pretrained/--no-pretrained", default=None, help="Start from ImageNet weights."),
-    click.option("--weights", type=click.Path(dir_okay=False), help="torchvision state_dict file (air-gapped clusters)."),
+    click.option(
+        "--weights", type=click.Path(dir_okay=False), help="torchvision state_dict file (air-gapped clusters)."
+    ),
     click.option("--valid-pct", type=float, help="Validation fraction."),
     click.option("--seed", type=int, help="Seed for the split, init and shuffles."),
     click.option("--flip/--no-flip", "do_flip", default=None, help="Horizontal flips."),
@@ -121,32 +134,82 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
 
 @cli.command("train")
 @csv_options
-@click.option("--out", required=True,
-              help="Model artifact to write: a directory or a URI (s3://bucket/models/x; model.json is written last).")
+@click.option(
+    "--out",
+    required=True,
+    help="Model artifact to write: a directory or a URI (s3://bucket/models/x; model.json is written last).",
+)
 @recipe_options
-@click.option("--workers", default=default(TrainOptions, "workers"), show_default=True,
-              help="Ray Train workers (data-parallel ranks).")
-@click.option("--gpu/--cpu", "use_gpu", default=default(TrainOptions, "use_gpu"), show_default=True,
-              help="One GPU per worker (NCCL) or CPU (gloo).")
-@click.option("--cpus-per-worker", type=float,
-              help="CPUs per worker [default: the cluster's CPUs / workers; 1 while fewer CPUs than workers are up].")
-@click.option("--storage-path", help="Where checkpoints and run state go (a URI on multi-node clusters) [default: ~/ray_results].")
+@click.option(
+    "--workers",
+    default=default(TrainOptions, "workers"),
+    show_default=True,
+    help="Ray Train workers (data-parallel ranks).",
+)
+@click.option(
+    "--gpu/--cpu",
+    "use_gpu",
+    default=default(TrainOptions, "use_gpu"),
+    show_default=True,
+    help="One GPU per worker (NCCL) or CPU (gloo).",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=float,
+    help="CPUs per worker [default: the cluster's CPUs / workers; 1 while fewer CPUs than workers are up].",
+)
+@click.option(
+    "--storage-path", help="Where checkpoints and run state go (a URI on multi-node clusters) [default: ~/ray_results]."
+)
 @click.option("--name", help="Run name; rerun with the same --storage-path and --name to resume.")
-@click.option("--max-failures", default=default(TrainOptions, "max_failures"), show_default=True, help="Worker-group restarts allowed (each resumes from the last checkpoint).")
-@click.option("--wait-for-resources", type=float, metavar="SECONDS",
-              help="Give up (exit 2) when the workers' CPUs/GPUs are not there within SECONDS "
-                   "[default: wait until the autoscaler provides them].")
+@click.option(
+    "--max-failures",
+    default=default(TrainOptions, "max_failures"),
+    show_default=True,
+    help="Worker-group restarts allowed (each resumes from the last checkpoint).",
+)
+@click.option(
+    "--wait-for-resources",
+    type=float,
+    metavar="SECONDS",
+    help="Give up (exit 2) when the workers' CPUs/GPUs are not there within SECONDS "
+    "[default: wait until the autoscaler provides them].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (at a URI: an existing model).")
-def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, workers: int, use_gpu: bool,
-              cpus_per_worker: float | None, storage_path: str | None, name: str | None, max_failures: int,
-              wait_for_resources: float | None, overwrite: bool, **recipe_flags: Any) -> None:
+def train_cmd(
+    csv_path: str,
+    images: str,
+    fn_col: str,
+    label_col: str,
+    out: str,
+    workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float | None,
+    storage_path: str | None,
+    name: str | None,
+    max_failures: int,
+    wait_for_resources: float | None,
+    overwrite: bool,
+    **recipe_flags: Any,
+) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
     from vehicle_ray.train.driver import train
 
-    opts = TrainOptions(csv=csv_path, images=images, out=out, fn_col=column(fn_col), label_col=column(label_col),
-                        workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, storage_path=storage_path,
-                        name=name, max_failures=max_failures, wait_for_resources=wait_for_resources,
-                        overwrite=overwrite)
+    opts = TrainOptions(
+        csv=csv_path,
+        images=images,
+        out=out,
+        fn_col=column(fn_col),
+        label_col=column(label_col),
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        storage_path=storage_path,
+        name=name,
+        max_failures=max_failures,
+        wait_for_resources=wait_for_resources,
+        overwrite=overwrite,
+    )
     recipe, auto = build_recipe(**recipe_flags)
     if auto:
         from vehicle_ray.train.lr_find import find_lr
@@ -161,24 +224,33 @@ def train_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str,
 
 @cli.command("lr-find")
 @csv_options
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for lr_find.png and lr_find.json.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Directory for lr_find.png and lr_find.json."
+)
 @recipe_options
 @click.option("--unfrozen", is_flag=True, help="Run on the unfrozen model (as the seed does after its first stage).")
-def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: str, unfrozen: bool,
-                **recipe_flags: Any) -> None:
+def lr_find_cmd(
+    csv_path: str, images: str, fn_col: str, label_col: str, out: str, unfrozen: bool, **recipe_flags: Any
+) -> None:
     """Run fastai's lr_find (single process, in a Ray task): plot and suggestions."""
     from vehicle_ray.train.lr_find import find_lr
 
     recipe, _ = build_recipe(**recipe_flags)
     s = find_lr(csv_path, images, out, recipe, column(fn_col), column(label_col), unfrozen=unfrozen)
-    click.echo(f"valley={s.valley:.2e} slide={s.slide:.2e} minimum={s.minimum:.2e} steep={s.steep:.2e}; "
-               f"wrote {out}/lr_find.png and {out}/lr_find.json")
+    click.echo(
+        f"valley={s.valley:.2e} slide={s.slide:.2e} minimum={s.minimum:.2e} steep={s.steep:.2e}; "
+        f"wrote {out}/lr_find.png and {out}/lr_find.json"
+    )
 
 
 @cli.command("score")
 @click.option("--model", required=True, help="Model artifact directory (or an export.pkl with --allow-pickle).")
-@click.option("--input", "source", required=True,
-              help="Images: a directory (recursive), a URI (s3://bucket/prefix) or a CSV listing (with --images).")
+@click.option(
+    "--input",
+    "source",
+    required=True,
+    help="Images: a directory (recursive), a URI (s3://bucket/prefix) or a CSV listing (with --images).",
+)
 @click.option("--images", help="Root directory the file names of a CSV --input are relative to.")
 @click.option("--fn-col", default="0", show_default=True, help="File-name column of a CSV --input (name or index).")
 @click.option("--output", required=True, help="Output directory or URI (predictions/, errors/, summary.json).")
@@ -187,43 +259,106 @@ def lr_find_cmd(csv_path: str, images: str, fn_col: str, label_col: str, out: st
 @click.option("--tta-beta", type=float, help="Weight of the plain pass [default: model.json's, 0.25].")
 @click.option("--tta-max", is_flag=True, help="Take the max over passes instead of the mean (fastai use_max).")
 @click.option("--no-tta", is_flag=True, help="Plain pass only.")
-@click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True,
-              help="Images per model batch (and per decode batch).")
-@click.option("--actors", help="Model actors: N (a fixed pool) or MIN..MAX (an autoscaling pool) [default: from "
-              "the cluster's CPUs/GPUs; on a cluster we joined: 1..as many as the autoscaler can place].")
+@click.option(
+    "--batch-size",
+    default=default(ScoreOptions, "batch_size"),
+    show_default=True,
+    help="Images per model batch (and per decode batch).",
+)
+@click.option(
+    "--actors",
+    help="Model actors: N (a fixed pool) or MIN..MAX (an autoscaling pool) [default: from "
+    "the cluster's CPUs/GPUs; on a cluster we joined: 1..as many as the autoscaler can place].",
+)
 @click.option("--cpus-per-actor", type=float, help="CPUs reserved per actor (also its thread count).")
-@click.option("--gpus-per-actor", default=default(ScoreOptions, "gpus_per_actor"), show_default=True,
-              help="GPUs per actor (0: CPU actors).")
-@click.option("--backend", type=click.Choice(BACKENDS), default=default(ScoreOptions, "backend"), show_default=True,
-              help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.")
-@click.option("--tta-precision", type=click.Choice(TTA_PRECISIONS), default=default(ScoreOptions, "tta_precision"),
-              show_default=True,
-              help="Model for TTA's passes. auto: the artifact's int8 ONNX model on CPU actors (~2x faster), "
-                   "else full precision; --no-tta always runs full precision.")
-@click.option("--max-pixels", default=default(ScoreOptions, "max_pixels"), show_default=True, help="Larger images go to errors/ (decompression bombs).")
+@click.option(
+    "--gpus-per-actor",
+    default=default(ScoreOptions, "gpus_per_actor"),
+    show_default=True,
+    help="GPUs per actor (0: CPU actors).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=default(ScoreOptions, "backend"),
+    show_default=True,
+    help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.",
+)
+@click.option(
+    "--tta-precision",
+    type=click.Choice(TTA_PRECISIONS),
+    default=default(ScoreOptions, "tta_precision"),
+    show_default=True,
+    help="Model for TTA's passes. auto: the artifact's int8 ONNX model on CPU actors (~2x faster), "
+    "else full precision; --no-tta always runs full precision.",
+)
+@click.option(
+    "--max-pixels",
+    default=default(ScoreOptions, "max_pixels"),
+    show_default=True,
+    help="Larger images go to errors/ (decompression bombs).",
+)
 @click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
 @click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl (runs code from the file).")
-@click.option("--commit-every", default=default(ScoreOptions, "commit_every"), show_default=True,
-              help="Files per chunk commit: a crash loses at most the chunk in flight.")
-@click.option("--wait", default=default(ScoreOptions, "wait"), show_default=True,
-              help="Seconds to wait while another run holds --output, then exit 75 (try later).")
-@click.option("--no-lease", "lease", flag_value=False, default=True,
-              help="Do not take the output's lease (only when nothing else can write to it).")
-@click.option("--lease-ttl", default=default(ScoreOptions, "lease_ttl"), show_default=True,
-              help="Seconds without a heartbeat after which a holder is presumed dead.")
-@click.option("--wait-for-resources", type=float,
-              help="Seconds for the first model actor to start before failing [default: 600 on a cluster].")
-@click.option("--progress-interval", default=default(ScoreOptions, "progress_interval"), show_default=True,
-              help="Seconds between progress lines when stdout is not a terminal.")
-def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: str, allow_pickle: bool,
-              actors: str | None, **options: Any) -> None:
+@click.option(
+    "--commit-every",
+    default=default(ScoreOptions, "commit_every"),
+    show_default=True,
+    help="Files per chunk commit: a crash loses at most the chunk in flight.",
+)
+@click.option(
+    "--wait",
+    default=default(ScoreOptions, "wait"),
+    show_default=True,
+    help="Seconds to wait while another run holds --output, then exit 75 (try later).",
+)
+@click.option(
+    "--no-lease",
+    "lease",
+    flag_value=False,
+    default=True,
+    help="Do not take the output's lease (only when nothing else can write to it).",
+)
+@click.option(
+    "--lease-ttl",
+    default=default(ScoreOptions, "lease_ttl"),
+    show_default=True,
+    help="Seconds without a heartbeat after which a holder is presumed dead.",
+)
+@click.option(
+    "--wait-for-resources",
+    type=float,
+    help="Seconds for the first model actor to start before failing [default: 600 on a cluster].",
+)
+@click.option(
+    "--progress-interval",
+    default=default(ScoreOptions, "progress_interval"),
+    show_default=True,
+    help="Seconds between progress lines when stdout is not a terminal.",
+)
+def score_cmd(
+    model: str,
+    source: str,
+    images: str | None,
+    fn_col: str,
+    output: str,
+    allow_pickle: bool,
+    actors: str | None,
+    **options: Any,
+) -> None:
     """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
     from vehicle_ray.score.driver import score
 
     low, high = parse_actors(actors)
-    summary = score(model, source, output, images=images, allow_pickle=allow_pickle,
-                    opts=ScoreOptions(fn_col=column(fn_col), actors=low, max_actors=high, **options))
+    summary = score(
+        model,
+        source,
+        output,
+        images=images,
+        allow_pickle=allow_pickle,
+        opts=ScoreOptions(fn_col=column(fn_col), actors=low, max_actors=high, **options),
+    )
     click.echo(summary.line())
 
 
@@ -237,20 +372,35 @@ def score_cmd(model: str, source: str, images: str | None, fn_col: str, output: 
 @click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True, help="Images per batch.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=default(ScoreOptions, "backend"), show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl.")
-def evaluate_cmd(model: str, csv_path: str, images: str, fn_col: str, label_col: str, out: str,
-                 allow_pickle: bool, **options: Any) -> None:
+def evaluate_cmd(
+    model: str, csv_path: str, images: str, fn_col: str, label_col: str, out: str, allow_pickle: bool, **options: Any
+) -> None:
     """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses, report."""
     from vehicle_ray.report.evaluate import evaluate
 
-    m = evaluate(model, csv_path, images, out, column(fn_col), column(label_col), ScoreOptions(**options),
-                 allow_pickle=allow_pickle)
-    click.echo(f"accuracy {m['accuracy']:.4f} (no TTA {m['accuracy_no_tta']:.4f}) on {m['n']} images; "
-               f"report: {out}/report.md")
+    m = evaluate(
+        model,
+        csv_path,
+        images,
+        out,
+        column(fn_col),
+        column(label_col),
+        ScoreOptions(**options),
+        allow_pickle=allow_pickle,
+    )
+    click.echo(
+        f"accuracy {m['accuracy']:.4f} (no TTA {m['accuracy_no_tta']:.4f}) on {m['n']} images; report: {out}/report.md"
+    )
 
 
 @cli.command("demo")
-@click.option("--out", default="demo_output", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for the demo's data, model and scores (replaced).")
+@click.option(
+    "--out",
+    default="demo_output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the demo's data, model and scores (replaced).",
+)
 @click.option("--workers", default=2, show_default=True, help="Ray Train workers.")
 def demo_cmd(out: str, workers: int) -> None:
     """Run the whole pipeline on generated sample data in local single-node mode."""

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.recipe import load_recipe
+from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
 from vehicle_ray.score.driver import score
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.train.config import TrainOptions
 from vehicle_ray.train.driver import train
-
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,9 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
     logger.info(f"[1/4] sample data -> {data}")
     write_sample_data(data, train=400, test=100, size=64, seed=0)
     logger.info(f"[2/4] training resnet18 from scratch on {workers} Ray Train CPU workers -> {model}")
-    opts = TrainOptions(csv=data / "train.csv", images=data / "images", out=model, workers=workers,
-                        storage_path=str(out / "ray_runs"))
+    opts = TrainOptions(
+        csv=data / "train.csv", images=data / "images", out=model, workers=workers, storage_path=str(out / "ray_runs")
+    )
     trained = train(opts, load_recipe("tiny_cpu"))
     logger.info(f"[3/4] TTA scoring of the test images with Ray Data -> {scores}")
     summary = score(model, data / "test.csv", scores, images=data / "images", opts=ScoreOptions())
@@ -49,11 +49,17 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
     result = {
         "train_seconds": round(trained.seconds, 1),
         "valid_accuracy": round(trained.metrics.get("accuracy", float("nan")), 4),
-        "test_images": len(truth), "scored": summary.scored, "errors": summary.errors,
-        "test_accuracy_tta": round(accuracy, 4), "score_images_per_second": summary.images_per_second,
-        "model": str(model), "training_curves": str(model / "training_curves.png"),
-        "predictions": str(scores / "predictions"), "summary": str(scores / "summary.json"),
-        "report": str(report / "report.md"), "confusion_matrix": str(report / "confusion_matrix.png"),
+        "test_images": len(truth),
+        "scored": summary.scored,
+        "errors": summary.errors,
+        "test_accuracy_tta": round(accuracy, 4),
+        "score_images_per_second": summary.images_per_second,
+        "model": str(model),
+        "training_curves": str(model / "training_curves.png"),
+        "predictions": str(scores / "predictions"),
+        "summary": str(scores / "summary.json"),
+        "report": str(report / "report.md"),
+        "confusion_matrix": str(report / "confusion_matrix.png"),
         "top_losses": str(report / "top_losses.png"),
     }
     logger.info("\ndemo summary")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,7 @@ class Recipe:
             stages = ((Stage(epochs=n_frozen, frozen=True),) if n_frozen else ()) + (Stage(epochs=n),)
         if lr is not None:
             stages = tuple(
-                dataclasses.replace(s, lr=lr, lr_min=None if s.lr_min is None else lr * s.lr_min / s.lr)
-                for s in stages
+                dataclasses.replace(s, lr=lr, lr_min=None if s.lr_min is None else lr * s.lr_min / s.lr) for s in stages
             )
         return dataclasses.replace(recipe, stages=tuple(stages))
 

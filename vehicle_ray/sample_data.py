@@ -36,7 +36,7 @@ def _background(rng: random.Random, size: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for y in range(size):
         t = y / max(size - 1, 1)
-        draw.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
     for _ in range(rng.randint(0, 4)):  # clutter: buildings, trees, signs
         x0, y0 = rng.randint(0, size), rng.randint(0, size // 2)
         w, h = rng.randint(size // 10, size // 3), rng.randint(size // 10, size // 2)
@@ -51,8 +51,10 @@ def _vehicle(rng: random.Random, img: Image.Image, emergency: bool) -> None:
     w, h = int(size * scale), int(size * scale * rng.uniform(0.35, 0.5))
     x0 = rng.randint(0, size - w)
     y0 = rng.randint(size // 4, size - h - max(2, size // 12))
-    body = (rng.randint(180, 255),) * 3 if emergency and rng.random() < 0.6 else tuple(
-        rng.randint(0, 255) for _ in range(3)
+    body = (
+        (rng.randint(180, 255),) * 3
+        if emergency and rng.random() < 0.6
+        else tuple(rng.randint(0, 255) for _ in range(3))
     )
     draw.rectangle([x0, y0 + h // 3, x0 + w, y0 + h], fill=body)
     cab_x0 = x0 + int(w * rng.uniform(0.1, 0.45))
@@ -96,7 +98,9 @@ def render_image(seed: int, emergency: bool, size: int) -> Image.Image:
     return img
 
 
-def write_sample_data(out: str | Path, train: int = 400, test: int = 100, size: int = 64, seed: int = 0) -> SampleCounts:
+def write_sample_data(
+    out: str | Path, train: int = 400, test: int = 100, size: int = 64, seed: int = 0
+) -> SampleCounts:
     """Write OUT/train.csv, OUT/test.csv, OUT/test_labels.csv and OUT/images/*.jpg (the seed's layout).
 
     Labels follow the competition: 1 = emergency, 0 = not; about 40% emergency.

@@ -17,7 +17,9 @@ def test_metrics_equal_a_direct_computation():
     m = classification_metrics(actual, predicted, ["ambulance", "car", "police"])
     assert m["n"] == 6 and m["accuracy"] == pytest.approx(3 / 6)
     # ambulance: predicted 3 times, 2 right; actual 3 times, 2 found
-    assert m["per_class"]["ambulance"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert m["per_class"]["ambulance"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     # car: predicted 3 times, 1 right; actual 2 times, 1 found
     assert m["per_class"]["car"] == pytest.approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 0.4, "support": 2})
     assert m["per_class"]["police"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
@@ -55,7 +57,16 @@ def test_training_writes_curves(trained_model):
 def test_unknown_labels_are_reported_not_dropped(trained_model, sample_dir, tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("image_names,kind\n1000.jpg,0\n1001.jpg,fire_truck\n1002.jpg,fire_truck\n")
-    r = run_cli("evaluate", "--model", str(trained_model), "--csv", str(csv), "--images", str(sample_dir / "images"),
-                "--out", str(tmp_path / "r"))
+    r = run_cli(
+        "evaluate",
+        "--model",
+        str(trained_model),
+        "--csv",
+        str(csv),
+        "--images",
+        str(sample_dir / "images"),
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert r.returncode == 2
     assert "labels not among the model's classes" in r.stderr and "fire_truck (2 rows)" in r.stderr

@@ -58,8 +58,9 @@ finally:
 """
 
 
-def test_scoring_starts_on_an_empty_cluster_and_survives_a_lost_node(trained_model, sample_dir, s3_server,
-                                                                     monkeypatch, tmp_path):
+def test_scoring_starts_on_an_empty_cluster_and_survives_a_lost_node(
+    trained_model, sample_dir, s3_server, monkeypatch, tmp_path
+):
     import boto3
     import pyarrow.fs as pafs
 
@@ -74,11 +75,12 @@ def test_scoring_starts_on_an_empty_cluster_and_survives_a_lost_node(trained_mod
     for f in trained_model.iterdir():
         s3.upload_file(str(f), "scores", f"model/{f.name}")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=880, env=env,
-                       cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=880, env=env, cwd=tmp_path
+    )
     results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert results, (r.stdout + r.stderr)[-4000:]
-    out = json.loads(results[-1][len("RESULT "):])
+    out = json.loads(results[-1][len("RESULT ") :])
     log = out["log"] + out.get("rerun_log", "")
     assert "scoring 240 new of 240 listed files" in out["log"], log[-4000:]
     assert "1..autoscale actor(s)" in out["log"], log[-4000:]  # elastic pool: nothing refused at 0 CPUs

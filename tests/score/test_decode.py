@@ -25,11 +25,12 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
 
 def png_header(width: int, height: int) -> bytes:
     """A valid PNG header for a grey image of any size, with almost no pixel data (a cheap "bomb")."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def palette_with_transparency() -> bytes:
@@ -85,12 +86,15 @@ def is_red(px) -> bool:
     return px[0] > 200 and px[2] < 60
 
 
-@pytest.mark.parametrize("orientation, red_at, blue_at", [
-    (None, (16, 4), (16, 28)),  # as stored: red on the left
-    (3, (16, 28), (16, 4)),  # 3: rotated 180 degrees
-    (6, (4, 16), (28, 16)),  # 6: rotate 90 degrees clockwise to display: the left half ends on top
-    (8, (28, 16), (4, 16)),  # 8: 90 degrees counter-clockwise: the left half ends at the bottom
-])
+@pytest.mark.parametrize(
+    "orientation, red_at, blue_at",
+    [
+        (None, (16, 4), (16, 28)),  # as stored: red on the left
+        (3, (16, 28), (16, 4)),  # 3: rotated 180 degrees
+        (6, (4, 16), (28, 16)),  # 6: rotate 90 degrees clockwise to display: the left half ends on top
+        (8, (28, 16), (4, 16)),  # 8: 90 degrees counter-clockwise: the left half ends at the bottom
+    ],
+)
 def test_exif_orientation_is_applied(orientation, red_at, blue_at):
     out = decode_image(halves(orientation), 32)
     assert is_red(out[red_at]) and out[blue_at][2] > 200 and out[blue_at][0] < 60
@@ -111,13 +115,16 @@ def test_pixel_limit_is_the_options_not_pillows():
         decode_image(png_header(10_000, 9_500), 8)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"),
-    (encode(Image.new("RGB", (64, 64), (200, 10, 10)), "JPEG")[:300], "corrupt or truncated"),
-    (png_header(100, 100), "corrupt or truncated"),
-    (np.random.default_rng(0).bytes(500), "not an image"),
-    (b"<!doctype html><html><body>404 Not Found</body></html>", "not an image"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (encode(Image.new("RGB", (64, 64), (200, 10, 10)), "JPEG")[:300], "corrupt or truncated"),
+        (png_header(100, 100), "corrupt or truncated"),
+        (np.random.default_rng(0).bytes(500), "not an image"),
+        (b"<!doctype html><html><body>404 Not Found</body></html>", "not an image"),
+    ],
+)
 def test_bad_files_are_decode_errors_with_a_reason(data, message):
     with pytest.raises(DecodeError, match=message):
         decode_image(data, 8)

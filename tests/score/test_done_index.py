@@ -51,8 +51,9 @@ def test_contains_equals_brute_force(tmp_path, sizes):
     parts = _write_random(_dir(tmp_path), rng, sizes, pool)
     # the query mixes done and new hashes, with duplicates, both smaller and larger than the files
     for n in (0, 1, 100, 25_000):
-        query = np.concatenate([rng.choice(pool, n), rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False),
-                                pool[:3]])
+        query = np.concatenate(
+            [rng.choice(pool, n), rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False), pool[:3]]
+        )
         np.testing.assert_array_equal(_membership(_dir(tmp_path), query), _brute(parts, query))
 
 
@@ -76,8 +77,12 @@ def test_hash_paths_is_store_path_hashes():
 
 def test_sorted_unique_equals_np_unique():
     rng = np.random.default_rng(9)
-    for values in (np.empty(0, np.uint64), np.array([7], np.uint64), rng.integers(0, 50, 1000).astype(np.uint64),
-                   rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False)):
+    for values in (
+        np.empty(0, np.uint64),
+        np.array([7], np.uint64),
+        rng.integers(0, 50, 1000).astype(np.uint64),
+        rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False),
+    ):
         np.testing.assert_array_equal(di.sorted_unique(values), np.unique(values))
 
 
@@ -110,8 +115,7 @@ def test_uncommitted_files_are_ignored_and_missing_keys_detected(tmp_path):
     parts = _write_random(_dir(tmp_path), rng, [1000, 1000, 1000], pool)
     # run-2's commit record was never written (crash after the move): its hashes must not count
     query = np.concatenate(parts)
-    np.testing.assert_array_equal(_membership(_dir(tmp_path), query, {"run-0", "run-1"}),
-                                  _brute(parts[:2], query))
+    np.testing.assert_array_equal(_membership(_dir(tmp_path), query, {"run-0", "run-1"}), _brute(parts[:2], query))
     with di.DoneIndex.open(FS, _dir(tmp_path), {"run-0", "run-1", "old-run"}) as index:
         assert [f.keys for f in index.ignored] == [("run-2",)]
         assert index.missing({"run-0", "run-1", "old-run"}) == {"old-run"}
@@ -186,8 +190,9 @@ def test_build_from_parquet_equals_brute_force(tmp_path):
         part.mkdir(parents=True)
         for j in range(3):
             rows = list(rng.choice(names, 4000))
-            pq.write_table(pa.table({"path": rows, "label": ["x"] * len(rows)}), part / f"{j}.parquet",
-                           row_group_size=1000)
+            pq.write_table(
+                pa.table({"path": rows, "label": ["x"] * len(rows)}), part / f"{j}.parquet", row_group_size=1000
+            )
             files.append((str(part / f"{j}.parquet"), rows))
     out = posixpath.join(_dir(tmp_path), di.index_file_name("r1"))
     rows = di.build_from_parquet(FS, [f for f, _ in files], out, ["r1"], batch_size=700)

@@ -44,8 +44,11 @@ def test_waiting_writer_gets_the_lease_when_it_is_released(tmp_path):
 
 
 def _write_lease(path, holder, heartbeat, ttl=120.0):
-    path.write_text(json.dumps({"token": "t0", "holder": holder, "run_id": "old", "since": heartbeat,
-                                "heartbeat": heartbeat, "ttl": ttl}))
+    path.write_text(
+        json.dumps(
+            {"token": "t0", "holder": holder, "run_id": "old", "since": heartbeat, "heartbeat": heartbeat, "ttl": ttl}
+        )
+    )
 
 
 def test_stale_heartbeat_is_taken_over(tmp_path):

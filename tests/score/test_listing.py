@@ -11,9 +11,9 @@ import pytest
 
 from vehicle_ray.data import open_root
 from vehicle_ray.errors import InputError
+from vehicle_ray.score.done_index import path_hashes
 from vehicle_ray.score.listing import chunked, iter_listing, walk, write_manifest
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.done_index import path_hashes
 from vehicle_ray.score.store import OutputStore
 
 IMAGES = ["z.JPG", "0.webp", "a/2.jpg", "a/1.PNG", "a/sub/3.Jpeg", "b/4.png", "b/5.tif", "c/6.bmp"]
@@ -48,17 +48,22 @@ def test_walk_yields_each_directorys_files_sorted(tree):
     assert top == sorted(top)
 
 
-@pytest.mark.parametrize("glob, expected", [
-    ("b/*", ["b/4.png", "b/4.png.bak", "b/5.tif"]),
-    ("*.txt", ["notes.txt"]),
-    ("a/*.jpg", ["a/2.jpg"]),
-    ("*.gif", []),
-])
+@pytest.mark.parametrize(
+    "glob, expected",
+    [
+        ("b/*", ["b/4.png", "b/4.png.bak", "b/5.tif"]),
+        ("*.txt", ["notes.txt"]),
+        ("a/*.jpg", ["a/2.jpg"]),
+        ("*.gif", []),
+    ],
+)
 def test_glob_replaces_the_extension_filter(tree, glob, expected):
     assert sorted(walk(open_root(tree), glob)) == expected
 
 
-@pytest.mark.parametrize("n, size, lengths", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (0, 3, []), (2, 5, [2]), (3, 1, [1, 1, 1])])
+@pytest.mark.parametrize(
+    "n, size, lengths", [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (0, 3, []), (2, 5, [2]), (3, 1, [1, 1, 1])]
+)
 def test_chunked(n, size, lengths):
     chunks = list(chunked(iter(range(n)), size))
     assert [len(c) for c in chunks] == lengths
@@ -85,13 +90,16 @@ def test_csv_listing_by_column_name(tmp_path, tree):
     assert list(chunks) == [["b/4.png", "z.JPG"]]
 
 
-@pytest.mark.parametrize("names, images, message", [
-    (["a/2.jpg"], None, "--images"),
-    (["a/2.jpg", "b/4.png", "a/2.jpg"], "tree", "duplicate"),
-    (["a/2.jpg", "../secret.jpg"], "tree", "escape"),
-    (["/etc/passwd"], "tree", "escape"),
-    (["s3://bucket/x.jpg"], "tree", "escape"),
-])
+@pytest.mark.parametrize(
+    "names, images, message",
+    [
+        (["a/2.jpg"], None, "--images"),
+        (["a/2.jpg", "b/4.png", "a/2.jpg"], "tree", "duplicate"),
+        (["a/2.jpg", "../secret.jpg"], "tree", "escape"),
+        (["/etc/passwd"], "tree", "escape"),
+        (["s3://bucket/x.jpg"], "tree", "escape"),
+    ],
+)
 def test_bad_csv_listings_are_input_errors(tmp_path, tree, names, images, message):
     with pytest.raises(InputError, match=message):
         iter_listing(write_csv(tmp_path, names), tree if images else None, ScoreOptions())

@@ -69,9 +69,14 @@ def test_actor_range():
         ScoreOptions(actors=5, max_actors=2)
 
 
-@pytest.mark.parametrize("change, flag", [
-    ({"workers": 0}, "--workers"), ({"max_failures": -1}, "--max-failures"), ({"cpus_per_worker": 0}, "--cpus-per-worker"),
-])
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        ({"workers": 0}, "--workers"),
+        ({"max_failures": -1}, "--max-failures"),
+        ({"cpus_per_worker": 0}, "--cpus-per-worker"),
+    ],
+)
 def test_bad_train_option_is_input_error_naming_the_flag(change, flag):
     with pytest.raises(InputError, match=re.escape(flag)):
         TrainOptions(csv="t.csv", images="img", out="out", **change)

@@ -16,9 +16,19 @@ from vehicle_ray.score.tta import TTASettings
 
 
 def spec(has_int8: bool = True, n: int = 4, beta: float = 0.25) -> ModelSpec:
-    return ModelSpec(source="m", directory=Path("m"), allow_pickle=False, classes=["a", "b"], size=64,
-                     resize_method="squish", model_id="m", model_sha256="0", tta_defaults=TTASettings(n, beta),
-                     has_onnx=True, has_int8=has_int8)
+    return ModelSpec(
+        source="m",
+        directory=Path("m"),
+        allow_pickle=False,
+        classes=["a", "b"],
+        size=64,
+        resize_method="squish",
+        model_id="m",
+        model_sha256="0",
+        tta_defaults=TTASettings(n, beta),
+        has_onnx=True,
+        has_int8=has_int8,
+    )
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 7, 8, 16, 64, 96])
@@ -44,9 +54,18 @@ def test_any_actor_count_below_the_cpu_count_fits_with_default_cpus(total):
         assert plan.actors * plan.cpus_per_actor <= total - 1
 
 
-@pytest.mark.parametrize("total, actors, cpus", [
-    (4, 4, None), (4, 2, 2.0), (4, None, 4.0), (4, 1, 3.5), (16, 8, 2.0), (2, 2, None), (8, 7, 1.5),
-])
+@pytest.mark.parametrize(
+    "total, actors, cpus",
+    [
+        (4, 4, None),
+        (4, 2, 2.0),
+        (4, None, 4.0),
+        (4, 1, 3.5),
+        (16, 8, 2.0),
+        (2, 2, None),
+        (8, 7, 1.5),
+    ],
+)
 def test_explicit_sizes_that_take_every_cpu_are_refused(total, actors, cpus):
     with pytest.raises(InputError, match="leaves no CPU"):
         plan_resources({"CPU": float(total)}, ScoreOptions(actors=actors, cpus_per_actor=cpus))
@@ -116,8 +135,9 @@ def test_a_model_whose_default_is_no_tta_runs_full_precision():
     assert (s.n, s.aug_precision, s.plain_precision) == (0, "none", "fp32")
 
 
-@pytest.mark.parametrize("opts", [ScoreOptions(tta_precision="int8", gpus_per_actor=1),
-                                  ScoreOptions(tta_precision="int8", backend="torch")])
+@pytest.mark.parametrize(
+    "opts", [ScoreOptions(tta_precision="int8", gpus_per_actor=1), ScoreOptions(tta_precision="int8", backend="torch")]
+)
 def test_int8_is_refused_where_it_cannot_run(opts):
     with pytest.raises(InputError, match="int8"):
         tta_settings(spec(has_int8=True), opts)

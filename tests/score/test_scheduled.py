@@ -34,9 +34,14 @@ def dump(sample_dir, tmp_path) -> Path:
 
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`vehicle-ray ARGS` in its own process group (its embedded Ray included), output to a pipe."""
-    return subprocess.Popen([sys.executable, "-m", "vehicle_ray.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "vehicle_ray.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def chunk_records(out: Path) -> list[dict]:
@@ -56,8 +61,24 @@ def read_out(out: Path, kind: str = "predictions") -> pd.DataFrame:
 
 
 def score_args(model: Path, dump: Path, out) -> list[str]:
-    return ["score", "--model", str(model), "--input", str(dump), "--output", str(out), "--incremental",
-            "--commit-every", str(CHUNK), "--batch-size", "8", "--tta-n", "2", "--progress-interval", "2"]
+    return [
+        "score",
+        "--model",
+        str(model),
+        "--input",
+        str(dump),
+        "--output",
+        str(out),
+        "--incremental",
+        "--commit-every",
+        str(CHUNK),
+        "--batch-size",
+        "8",
+        "--tta-n",
+        "2",
+        "--progress-interval",
+        "2",
+    ]
 
 
 def test_killed_run_keeps_its_committed_chunks(trained_model, dump, tmp_path):

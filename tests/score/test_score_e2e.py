@@ -23,8 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def read(out, kind="predictions"):
-    return pd.read_parquet(out / kind) if (out / kind).exists() and any((out / kind).rglob("*.parquet")) \
+    return (
+        pd.read_parquet(out / kind)
+        if (out / kind).exists() and any((out / kind).rglob("*.parquet"))
         else pd.DataFrame(columns=["path"])
+    )
 
 
 def test_directory_input_end_to_end(trained_model, sample_dir, tmp_path, ray_local):
@@ -36,7 +39,9 @@ def test_directory_input_end_to_end(trained_model, sample_dir, tmp_path, ray_loc
     summary = score(trained_model, images, tmp_path / "out")
     predictions = read(tmp_path / "out")
     assert summary.scored == len(truth) == len(predictions) and summary.errors == 0
-    assert {"path", "label", "confidence", "probabilities", "model_id", "model_sha256", "tta_n", "tta_beta"} <= set(predictions.columns)
+    assert {"path", "label", "confidence", "probabilities", "model_id", "model_sha256", "tta_n", "tta_beta"} <= set(
+        predictions.columns
+    )
     assert predictions["path"].is_unique
     assert set(predictions["label"]) <= {"0", "1"}
     probs = np.stack(predictions["probabilities"].to_numpy())
@@ -60,8 +65,13 @@ def test_nested_directories_and_csv_listing(trained_model, sample_dir, tmp_path,
     assert (s.scored, s.errors) == (30, 0)
     assert all(p.startswith(str(nested)) for p in read(tmp_path / "nested")["path"])
 
-    s = score(trained_model, sample_dir / "test.csv", tmp_path / "csv", images=sample_dir / "images",
-              opts=ScoreOptions(no_tta=True))
+    s = score(
+        trained_model,
+        sample_dir / "test.csv",
+        tmp_path / "csv",
+        images=sample_dir / "images",
+        opts=ScoreOptions(no_tta=True),
+    )
     assert (s.scored, s.errors) == (100, 0)
 
 
@@ -77,8 +87,13 @@ def test_no_tta_equals_fastai_get_preds(trained_model, sample_dir, tmp_path, ray
     files = sorted((sample_dir / "images").glob("*.jpg"))[:120]
     listing = tmp_path / "list.csv"
     pd.DataFrame({"f": [f.name for f in files]}).to_csv(listing, index=False)
-    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images",
-          opts=ScoreOptions(no_tta=True, backend=backend))
+    score(
+        trained_model,
+        listing,
+        tmp_path / "out",
+        images=sample_dir / "images",
+        opts=ScoreOptions(no_tta=True, backend=backend),
+    )
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     learn, dl = _fastai_test_dl(trained_model, files)
     theirs, _ = learn.get_preds(dl=dl)
@@ -96,8 +111,13 @@ def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_loc
     files = sorted((sample_dir / "images").glob("*.jpg"))[:200]
     listing = tmp_path / "list.csv"
     pd.DataFrame({"f": [f.name for f in files]}).to_csv(listing, index=False)
-    score(trained_model, listing, tmp_path / "out", images=sample_dir / "images",
-          opts=ScoreOptions(tta_n=12, tta_precision=precision))
+    score(
+        trained_model,
+        listing,
+        tmp_path / "out",
+        images=sample_dir / "images",
+        opts=ScoreOptions(tta_n=12, tta_precision=precision),
+    )
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     assert set(ours["tta_n"]) == {12} and set(ours["tta_beta"]) == {0.25}
     assert set(ours["tta_aug_precision"]) == {recorded} and set(ours["tta_plain_precision"]) == {recorded}
@@ -151,13 +171,24 @@ def test_odd_and_broken_files_are_each_accounted_for_once(trained_model, sample_
     for name, data in {**broken, **odd}.items():
         (dump / name).write_bytes(data)
     (dump / "readme.txt").write_text("skipped: not an image extension")
-    r = run_cli("score", "--model", str(trained_model), "--input", str(dump), "--output", str(tmp_path / "out"),
-                "--max-pixels", "4000000", "--tta-n", "2")
+    r = run_cli(
+        "score",
+        "--model",
+        str(trained_model),
+        "--input",
+        str(dump),
+        "--output",
+        str(tmp_path / "out"),
+        "--max-pixels",
+        "4000000",
+        "--tta-n",
+        "2",
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     predictions, errors = read(tmp_path / "out"), read(tmp_path / "out", "errors")
     assert sorted(os.path.basename(p) for p in predictions["path"]) == sorted(odd)
     assert sorted(os.path.basename(p) for p in errors["path"]) == sorted(broken)
-    reasons = dict(zip((os.path.basename(p) for p in errors["path"]), errors["error"]))
+    reasons = dict(zip((os.path.basename(p) for p in errors["path"]), errors["error"], strict=True))
     assert reasons["zero.jpg"] == "empty file (0 bytes)"
     assert "too large" in reasons["bomb.png"]
     assert "not an image" in reasons["text.jpg"] and "not an image" in reasons["page.png"]
@@ -175,8 +206,13 @@ def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, 
     assert run_cli(*args).returncode == 0
     for f in all_files[100:300]:  # a new dump arrives
         shutil.copy(f, dump / f.name)
-    proc = subprocess.Popen([sys.executable, "-m", "vehicle_ray.cli", *args, "--batch-size", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vehicle_ray.cli", *args, "--batch-size", "16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     for line in proc.stdout:
         if line.startswith("scoring 200 new of 300"):
             break
@@ -196,14 +232,35 @@ def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, 
     assert len(read(out)) == 300
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda m, d, o: ["--model", str(d), "--input", str(d), "--output", str(o)], "no model.json"),
-    (lambda m, d, o: ["--model", str(m), "--input", str(d / "nowhere"), "--output", str(o)], "image directory not found"),
-    (lambda m, d, o: ["--model", str(m), "--input", str(d / "empty"), "--output", str(o)], "no image files found"),
-    (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--output", str(o)], "needs --images"),
-    (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--images", str(d), "--output", str(o),
-                      "--backend", "torch", "--tta-precision", "int8"], "--tta-precision int8 needs"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda m, d, o: ["--model", str(d), "--input", str(d), "--output", str(o)], "no model.json"),
+        (
+            lambda m, d, o: ["--model", str(m), "--input", str(d / "nowhere"), "--output", str(o)],
+            "image directory not found",
+        ),
+        (lambda m, d, o: ["--model", str(m), "--input", str(d / "empty"), "--output", str(o)], "no image files found"),
+        (lambda m, d, o: ["--model", str(m), "--input", str(d / "list.csv"), "--output", str(o)], "needs --images"),
+        (
+            lambda m, d, o: [
+                "--model",
+                str(m),
+                "--input",
+                str(d / "list.csv"),
+                "--images",
+                str(d),
+                "--output",
+                str(o),
+                "--backend",
+                "torch",
+                "--tta-precision",
+                "int8",
+            ],
+            "--tta-precision int8 needs",
+        ),
+    ],
+)
 def test_bad_usage_exits_2(trained_model, tmp_path, make_args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "list.csv").write_text("f\na.jpg\n")
@@ -212,8 +269,9 @@ def test_bad_usage_exits_2(trained_model, tmp_path, make_args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("tampered, flags", [("model.safetensors", []), ("model.int8.onnx", []),
-                                             ("model.onnx", ["--tta-precision", "full"])])
+@pytest.mark.parametrize(
+    "tampered, flags", [("model.safetensors", []), ("model.int8.onnx", []), ("model.onnx", ["--tta-precision", "full"])]
+)
 def test_tampered_model_files_are_refused(trained_model, tmp_path, tampered, flags):
     """Whichever file the passes would run on (and the weights, the model's identity) is verified."""
     copy = tmp_path / "model"

@@ -21,15 +21,17 @@ from vehicle_ray.score.store import ERROR_COLUMNS, ERRORS, PREDICTIONS, OutputSt
 def rows(paths: list[str], failed: frozenset = frozenset()) -> pa.Table:
     """Pipeline rows as the model actors emit them: `error` is null for a scored file."""
     ok = [p not in failed for p in paths]
-    return pa.table({
-        "path": pa.array(paths, pa.string()),
-        "label": pa.array(["a" if good else None for good in ok], pa.string()),
-        "confidence": pa.array([0.9 if good else None for good in ok], pa.float32()),
-        "probabilities": pa.array([[0.9, 0.1] if good else None for good in ok], pa.list_(pa.float32())),
-        "error": pa.array([None if good else "not an image" for good in ok], pa.string()),
-        "model_id": pa.array(["m"] * len(paths), pa.string()),
-        "model_sha256": pa.array(["0" * 64] * len(paths), pa.string()),
-    })
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "label": pa.array(["a" if good else None for good in ok], pa.string()),
+            "confidence": pa.array([0.9 if good else None for good in ok], pa.float32()),
+            "probabilities": pa.array([[0.9, 0.1] if good else None for good in ok], pa.list_(pa.float32())),
+            "error": pa.array([None if good else "not an image" for good in ok], pa.string()),
+            "model_id": pa.array(["m"] * len(paths), pa.string()),
+            "model_sha256": pa.array(["0" * 64] * len(paths), pa.string()),
+        }
+    )
 
 
 def commit(store: OutputStore, run_id: str, index: int, paths: list[str], failed: frozenset = frozenset()):

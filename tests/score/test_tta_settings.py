@@ -12,21 +12,34 @@ from vehicle_ray.score.tta import TTASettings
 
 
 def spec(has_int8: bool = True) -> ModelSpec:
-    return ModelSpec(source="m", directory=Path("m"), allow_pickle=False, classes=["a", "b"], size=64,
-                     resize_method="squish", model_id="m", model_sha256="0", tta_defaults=TTASettings(),
-                     has_onnx=True, has_int8=has_int8)
+    return ModelSpec(
+        source="m",
+        directory=Path("m"),
+        allow_pickle=False,
+        classes=["a", "b"],
+        size=64,
+        resize_method="squish",
+        model_id="m",
+        model_sha256="0",
+        tta_defaults=TTASettings(),
+        has_onnx=True,
+        has_int8=has_int8,
+    )
 
 
-@pytest.mark.parametrize("opts, has_int8, plain, aug", [
-    (ScoreOptions(), True, "int8", "int8"),  # CPU default: every TTA pass on int8
-    (ScoreOptions(), False, "fp32", "fp32"),  # an older artifact without model.int8.onnx
-    (ScoreOptions(no_tta=True), True, "fp32", "none"),  # without TTA: always exact
-    (ScoreOptions(tta_n=0), True, "fp32", "none"),
-    (ScoreOptions(emit_plain=True), True, "fp32", "int8"),  # evaluate reports the plain pass on its own
-    (ScoreOptions(tta_precision="full"), True, "fp32", "fp32"),
-    (ScoreOptions(backend="torch"), True, "fp32", "fp32"),
-    (ScoreOptions(gpus_per_actor=1), True, "bf16", "bf16"),
-])
+@pytest.mark.parametrize(
+    "opts, has_int8, plain, aug",
+    [
+        (ScoreOptions(), True, "int8", "int8"),  # CPU default: every TTA pass on int8
+        (ScoreOptions(), False, "fp32", "fp32"),  # an older artifact without model.int8.onnx
+        (ScoreOptions(no_tta=True), True, "fp32", "none"),  # without TTA: always exact
+        (ScoreOptions(tta_n=0), True, "fp32", "none"),
+        (ScoreOptions(emit_plain=True), True, "fp32", "int8"),  # evaluate reports the plain pass on its own
+        (ScoreOptions(tta_precision="full"), True, "fp32", "fp32"),
+        (ScoreOptions(backend="torch"), True, "fp32", "fp32"),
+        (ScoreOptions(gpus_per_actor=1), True, "bf16", "bf16"),
+    ],
+)
 def test_pass_precisions(opts, has_int8, plain, aug):
     settings = tta_settings(spec(has_int8), opts)
     assert (settings.plain_precision, settings.aug_precision) == (plain, aug)

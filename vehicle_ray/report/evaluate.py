@@ -19,8 +19,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from vehicle_ray.data import FN, LABEL, read_labeled_csv
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.plots import confusion_matrix_plot, top_losses_plot
-from vehicle_ray.score.model import resolve_model
 from vehicle_ray.score.driver import score
+from vehicle_ray.score.model import resolve_model
 from vehicle_ray.score.options import ScoreOptions
 
 TOP_LOSSES = 9
@@ -28,35 +28,51 @@ TOP_LOSSES = 9
 
 def classification_metrics(actual: list[str], predicted: list[str], classes: list[str]) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: actual)."""
-    precision, recall, f1, support = precision_recall_fscore_support(
-        actual, predicted, labels=classes, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
     matrix = confusion_matrix(actual, predicted, labels=classes)
     return {
         "n": len(actual),
         "accuracy": float(np.mean(np.asarray(actual) == np.asarray(predicted))) if actual else float("nan"),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
         "confusion_matrix": {"classes": classes, "rows_actual_columns_predicted": matrix.tolist()},
     }
 
 
-def evaluate(model: str | Path, csv: str | Path, images: str | Path, out: str | Path,
-             fn_col: str | int = 0, label_col: str | int = 1, opts: ScoreOptions = ScoreOptions(),
-             allow_pickle: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: str | Path,
+    csv: str | Path,
+    images: str | Path,
+    out: str | Path,
+    fn_col: str | int = 0,
+    label_col: str | int = 1,
+    opts: ScoreOptions = ScoreOptions(),
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
     spec = resolve_model(model, allow_pickle)
     data = read_labeled_csv(csv, images, fn_col, label_col)
     unknown = sorted(set(data.classes) - set(spec.classes))
     if unknown:
-        raise InputError(f"labels not among the model's classes {spec.classes}: {', '.join(unknown)} "
-                         f"({int(data.items[LABEL].isin(unknown).sum())} rows)")
+        raise InputError(
+            f"labels not among the model's classes {spec.classes}: {', '.join(unknown)} "
+            f"({int(data.items[LABEL].isin(unknown).sum())} rows)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "_listing.csv"
     data.items[[FN]].to_csv(listing, index=False)
     scoring = out / "_scoring"
     shutil.rmtree(scoring, ignore_errors=True)
-    summary = score(model, listing, scoring, images=images, allow_pickle=allow_pickle,
-                    opts=opts.replace(overwrite=True, incremental=False, emit_plain=True, fn_col=0))
+    summary = score(
+        model,
+        listing,
+        scoring,
+        images=images,
+        allow_pickle=allow_pickle,
+        opts=opts.replace(overwrite=True, incremental=False, emit_plain=True, fn_col=0),
+    )
     truth = data.items.assign(path=[data.root.full_name(f) for f in data.items[FN]]).rename(columns={LABEL: "actual"})
     predictions = pd.read_parquet(scoring / "predictions").drop(columns=["run"], errors="ignore")
     joined = truth.merge(predictions, on="path", how="inner")
@@ -93,17 +109,28 @@ def _thumbnail(data, truth: pd.DataFrame, path: str) -> Image.Image:
 
 def _write_report(out: Path, metrics: dict[str, Any], unscored: int) -> None:
     lines = [
-        "# Evaluation report", "",
+        "# Evaluation report",
+        "",
         f"Model `{metrics['model_id']}` on {metrics['n']} labeled images "
-        f"(TTA n={metrics['tta']['n']}, beta={metrics['tta']['beta']}); {unscored} files could not be scored.", "",
+        f"(TTA n={metrics['tta']['n']}, beta={metrics['tta']['beta']}); {unscored} files could not be scored.",
+        "",
         f"* accuracy with TTA: **{metrics['accuracy']:.4f}**",
-        f"* accuracy without TTA: {metrics['accuracy_no_tta']:.4f}", "",
-        "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
-        *[f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-          for c, m in metrics["per_class"].items()], "",
-        "![confusion matrix](confusion_matrix.png)", "",
-        "Most confidently wrong (prediction/actual/loss/probability of actual):", "",
-        "![top losses](top_losses.png)", "",
-        "Data: [metrics.json](metrics.json), [predictions.parquet](predictions.parquet).", "",
+        f"* accuracy without TTA: {metrics['accuracy_no_tta']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+            for c, m in metrics["per_class"].items()
+        ],
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "Most confidently wrong (prediction/actual/loss/probability of actual):",
+        "",
+        "![top losses](top_losses.png)",
+        "",
+        "Data: [metrics.json](metrics.json), [predictions.parquet](predictions.parquet).",
+        "",
     ]
     (out / "report.md").write_text("\n".join(lines))

@@ -24,8 +24,7 @@ def pyplot():
 def training_curves(history: pd.DataFrame, path: Path) -> None:
     """Train/valid loss and every metric per epoch, with the stage boundaries marked."""
     plt = pyplot()
-    metrics = [c for c in history.columns
-               if c not in (*HISTORY_FIELDS, "train_loss", "valid_loss")]
+    metrics = [c for c in history.columns if c not in (*HISTORY_FIELDS, "train_loss", "valid_loss")]
     x = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(x, history["train_loss"], marker="o", label="train_loss")
@@ -58,8 +57,14 @@ def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path
     threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > threshold else "black",
+            )
     ax.set_title("confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -74,7 +79,8 @@ def top_losses_plot(rows: pd.DataFrame, load_image, path: Path, columns: int = 3
     fig, axes = plt.subplots(n_rows, columns, figsize=(3.2 * columns, 3.4 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (_, row) in zip(axes.flat, rows.iterrows()):
+    # more axes than rows: the rest stay blank
+    for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
         ax.imshow(load_image(row["path"]))
         ax.set_title(f"{row['label']}/{row['actual']} / {row['loss']:.2f} / {row['p_actual']:.2f}", fontsize=9)
     fig.suptitle("prediction/actual/loss/probability of actual")

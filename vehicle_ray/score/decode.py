@@ -34,7 +34,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int, resize_method: str = "squish", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, size: int, resize_method: str = "squish", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode one encoded image to a (size, size, 3) uint8 array as fastai's Resize would see it."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -64,8 +66,9 @@ def decode_image(data: bytes, size: int, resize_method: str = "squish", max_pixe
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: ImageRoot, size: int, resize_method: str,
-                 max_pixels: int) -> dict[str, Any]:
+def decode_batch(
+    batch: dict[str, np.ndarray], root: ImageRoot, size: int, resize_method: str, max_pixels: int
+) -> dict[str, Any]:
     """Ray Data map_batches UDF: {path, rel} → {path, image, error}. Error rows carry a zero image and
     a reason; OK rows an empty string (a column of all-None would not survive Arrow as strings)."""
     n = len(batch["path"])

@@ -42,11 +42,10 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-
-import pandas as pd
 
 INDEX_DIR = "_index"
 SUFFIX = ".idx"
@@ -96,6 +95,7 @@ def index_file_name(key: str) -> str:
 
 # --- writing ---------------------------------------------------------------------------------------
 
+
 def _header(keys: Sequence[str]) -> bytes:
     body = json.dumps({"version": 1, "keys": sorted(keys)}).encode()
     body += b" " * (-len(body) % 8)  # keeps the data 8-byte aligned for np.memmap
@@ -116,7 +116,7 @@ def _write_stream(fs: pafs.FileSystem, path: str, keys: Sequence[str], parts: It
             out.write(_header(keys))
             for part in parts:
                 for start in range(0, len(part), _SLICE):
-                    out.write(np.ascontiguousarray(part[start:start + _SLICE], dtype=_DTYPE).tobytes())
+                    out.write(np.ascontiguousarray(part[start : start + _SLICE], dtype=_DTYPE).tobytes())
         fs.move(tmp, path)
     except BaseException:
         _delete_quietly(fs, tmp)
@@ -131,8 +131,14 @@ def write_index_file(fs: pafs.FileSystem, path: str, hashes: np.ndarray, keys: S
     _write_stream(fs, path, keys, [sorted_unique(hashes)])
 
 
-def build_from_parquet(fs: pafs.FileSystem, parquet_files: Sequence[str], out_path: str, keys: Sequence[str],
-                       column: str = "path", batch_size: int = 65_536) -> int:
+def build_from_parquet(
+    fs: pafs.FileSystem,
+    parquet_files: Sequence[str],
+    out_path: str,
+    keys: Sequence[str],
+    column: str = "path",
+    batch_size: int = 65_536,
+) -> int:
     """Index the `column` of committed Parquet files (the migration of an OUT without an index, or
     a lost file); returns the number of rows read. Streams record batches, so the strings of only
     one batch are ever in memory; the hashes cost 8 bytes a row (one unit at a time)."""
@@ -148,6 +154,7 @@ def build_from_parquet(fs: pafs.FileSystem, parquet_files: Sequence[str], out_pa
 
 
 # --- reading ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class IndexFile:
@@ -170,8 +177,14 @@ def _read_meta(fs: pafs.FileSystem, path: str, size: int | None) -> IndexFile:
 
 def _list_files(fs: pafs.FileSystem, index_dir: str) -> list[pafs.FileInfo]:
     infos = fs.get_file_info(pafs.FileSelector(index_dir, allow_not_found=True))
-    return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(SUFFIX)
-                   and not i.base_name.startswith(TMP_PREFIX)), key=lambda i: i.path)
+    return sorted(
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(SUFFIX) and not i.base_name.startswith(TMP_PREFIX)
+        ),
+        key=lambda i: i.path,
+    )
 
 
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
@@ -291,6 +304,7 @@ def _mark(index: np.ndarray, keys: np.ndarray, found: np.ndarray) -> None:
 
 # --- maintenance (run only by the holder of the output's lease) ----------------------------------
 
+
 def remove_uncommitted(fs: pafs.FileSystem, index_dir: str, committed: Collection[str]) -> list[str]:
     """Delete index files of units that never committed and temporaries of crashed writers; only
     under the lease (a writer in progress also leaves .tmp- files)."""
@@ -315,8 +329,9 @@ def _level(count: int, fanout: int, base: int) -> int:
     return level
 
 
-def compact(fs: pafs.FileSystem, index_dir: str, fanout: int = 8, committed: Collection[str] | None = None,
-            base: int = 100_000) -> list[str]:
+def compact(
+    fs: pafs.FileSystem, index_dir: str, fanout: int = 8, committed: Collection[str] | None = None, base: int = 100_000
+) -> list[str]:
     """Size-tiered compaction: whenever `fanout` files share a size tier, merge them into one file
     of the next tier. Files stay below fanout per tier, so a history of N rows in chunks of `base`
     is at most (fanout-1)*log_fanout(N/base)+1 files (40M rows, fanout 8: <= 22; measured 8 right

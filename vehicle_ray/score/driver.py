@@ -32,18 +32,19 @@ from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.decode import decode_batch
+from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.lease import Lease, lease_backend
 from vehicle_ray.score.listing import iter_listing, write_manifest
 from vehicle_ray.score.model import ModelSpec, pass_files, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.planning import Plan, plan_resources, read_ahead_bytes, tta_settings
 from vehicle_ray.score.predictor import Predictor
-from vehicle_ray.score.lease import Lease, lease_backend
 from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress
-from vehicle_ray.score.done_index import path_hashes
 from vehicle_ray.score.store import ChunkCommit, OutputStore
 from vehicle_ray.score.tta import TTASettings
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ScoreSummary:
@@ -64,13 +65,21 @@ class ScoreSummary:
     commit_every: int = 0
 
     def line(self) -> str:
-        return (f"scored {self.scored} of {self.files_seen} files ({self.errors} errors, {self.skipped_done} "
-                f"skipped as already done) in {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; "
-                f"run {self.run_id} -> {self.output}")
+        return (
+            f"scored {self.scored} of {self.files_seen} files ({self.errors} errors, {self.skipped_done} "
+            f"skipped as already done) in {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; "
+            f"run {self.run_id} -> {self.output}"
+        )
 
 
-def score(model: str | Path, source: str | Path, output: str | Path, images: str | Path | None = None,
-          opts: ScoreOptions = ScoreOptions(), allow_pickle: bool = False) -> ScoreSummary:
+def score(
+    model: str | Path,
+    source: str | Path,
+    output: str | Path,
+    images: str | Path | None = None,
+    opts: ScoreOptions = ScoreOptions(),
+    allow_pickle: bool = False,
+) -> ScoreSummary:
     """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`."""
     t0 = time.perf_counter()
     spec = resolve_model(model, allow_pickle)
@@ -92,29 +101,51 @@ def score(model: str | Path, source: str | Path, output: str | Path, images: str
         plan = plan_resources(resources, opts, elastic=elastic)
         recovered = store.recover()
         if any(recovered.values()):
-            logger.info(f"recovered the output: {recovered['rolled_forward']} committed files moved into place, "
-                        f"{recovered['removed']} uncommitted files removed")
+            logger.info(
+                f"recovered the output: {recovered['rolled_forward']} committed files moved into place, "
+                f"{recovered['removed']} uncommitted files removed"
+            )
         if opts.overwrite:
             store.clear()
         elif store.committed_runs() and not opts.incremental:
-            raise InputError(f"{output} already holds scored runs; pass --incremental to score only new files, "
-                             "or --overwrite to start again")
+            raise InputError(
+                f"{output} already holds scored runs; pass --incremental to score only new files, "
+                "or --overwrite to start again"
+            )
         with store.done_index() if opts.incremental else contextlib.nullcontext() as done:
             manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
-        logger.info(f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
-                    f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {_precisions(tta)}); {plan.describe()}; "
-                    f"committing every {opts.commit_every} files")
-        committed = _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease) if new else []
+        logger.info(
+            f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
+            f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {_precisions(tta)}); {plan.describe()}; "
+            f"committing every {opts.commit_every} files"
+        )
+        committed = (
+            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease) if new else []
+        )
         scored, errors = sum(c.predictions for c in committed), sum(c.errors for c in committed)
         if scored + errors != new:
-            raise RuntimeError(f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
-                               "errors were committed; the next --incremental run scores the rest")
+            raise RuntimeError(
+                f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
+                "errors were committed; the next --incremental run scores the rest"
+            )
         wall = time.perf_counter() - t0
         summary = ScoreSummary(
-            run_id=run_id, output=str(output), files_listed=listed, skipped_done=listed - new, files_seen=new,
-            scored=scored, errors=errors, wall_seconds=round(wall, 3), images_per_second=round(new / wall, 2),
-            model_id=spec.model_id, model_sha256=spec.model_sha256, tta=asdict(tta), resources=asdict(plan),
-            chunks=len(committed), commit_every=opts.commit_every)
+            run_id=run_id,
+            output=str(output),
+            files_listed=listed,
+            skipped_done=listed - new,
+            files_seen=new,
+            scored=scored,
+            errors=errors,
+            wall_seconds=round(wall, 3),
+            images_per_second=round(new / wall, 2),
+            model_id=spec.model_id,
+            model_sha256=spec.model_sha256,
+            tta=asdict(tta),
+            resources=asdict(plan),
+            chunks=len(committed),
+            commit_every=opts.commit_every,
+        )
         store.finish_run(run_id, asdict(summary), committed)
     return summary
 
@@ -134,8 +165,15 @@ def _precisions(tta: TTASettings) -> str:
     return f"plain {tta.plain_precision}, augmented {tta.aug_precision}"
 
 
-def _dataset(store: OutputStore, manifest: str, root: ImageRoot, spec: ModelSpec, tta: TTASettings, plan: Plan,
-             opts: ScoreOptions) -> ray.data.Dataset:
+def _dataset(
+    store: OutputStore,
+    manifest: str,
+    root: ImageRoot,
+    spec: ModelSpec,
+    tta: TTASettings,
+    plan: Plan,
+    opts: ScoreOptions,
+) -> ray.data.Dataset:
     """read_parquet(manifest) → map_batches(decode_batch) on CPU tasks → map_batches(Predictor) actors."""
     # Manifest files hold up to MANIFEST_CHUNK rows each: split them into batch-sized blocks so each
     # decode task is one batch (decoding spreads over the cluster, progress moves batch by batch).
@@ -145,15 +183,31 @@ def _dataset(store: OutputStore, manifest: str, root: ImageRoot, spec: ModelSpec
     # on a changing cluster needs, so they are kept deliberately: a decode task lost with its node
     # is retried (tasks: max_retries=-1), a killed actor is restarted and its batch resubmitted
     # (actor pool: max_restarts=-1, max_task_retries=-1). _SeenPaths checks that no row comes twice.
-    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=0.5,
-                        fn_kwargs={"root": root, "size": spec.size, "resize_method": spec.resize_method,
-                                   "max_pixels": opts.max_pixels})
-    compute = (ray.data.ActorPoolStrategy(size=plan.actors) if plan.fixed
-               else ray.data.ActorPoolStrategy(min_size=plan.actors, max_size=plan.max_actors))
-    return ds.map_batches(Predictor, batch_size=opts.batch_size, compute=compute,
-                          num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor or None,
-                          fn_constructor_kwargs={"spec": spec, "tta": tta, "backend": opts.backend,
-                                                 "threads": plan.threads, "emit_plain": opts.emit_plain})
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=opts.batch_size,
+        num_cpus=0.5,
+        fn_kwargs={"root": root, "size": spec.size, "resize_method": spec.resize_method, "max_pixels": opts.max_pixels},
+    )
+    compute = (
+        ray.data.ActorPoolStrategy(size=plan.actors)
+        if plan.fixed
+        else ray.data.ActorPoolStrategy(min_size=plan.actors, max_size=plan.max_actors)
+    )
+    return ds.map_batches(
+        Predictor,
+        batch_size=opts.batch_size,
+        compute=compute,
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor or None,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "tta": tta,
+            "backend": opts.backend,
+            "threads": plan.threads,
+            "emit_plain": opts.emit_plain,
+        },
+    )
 
 
 def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, elastic: bool) -> float:
@@ -169,9 +223,19 @@ def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, ela
     return wait
 
 
-def _score_in_chunks(store: OutputStore, run_id: str, manifest: str, root: ImageRoot, spec: ModelSpec,
-                     tta: TTASettings, plan: Plan, opts: ScoreOptions, total: int, elastic: bool,
-                     lease: Lease | None) -> list[ChunkCommit]:
+def _score_in_chunks(
+    store: OutputStore,
+    run_id: str,
+    manifest: str,
+    root: ImageRoot,
+    spec: ModelSpec,
+    tta: TTASettings,
+    plan: Plan,
+    opts: ScoreOptions,
+    total: int,
+    elastic: bool,
+    lease: Lease | None,
+) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them."""
     wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
@@ -201,9 +265,11 @@ def _score_in_chunks(store: OutputStore, run_id: str, manifest: str, root: Image
     except ray.exceptions.GetTimeoutError as exc:
         if "starting actors" not in str(exc):
             raise
-        raise InputError(f"no model actor could start within {wait:g}s: no node can place {plan.cpus_per_actor:g} "
-                         f"CPU{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''} per actor "
-                         "(check the cluster's node types, or --wait-for-resources)") from None
+        raise InputError(
+            f"no model actor could start within {wait:g}s: no node can place {plan.cpus_per_actor:g} "
+            f"CPU{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''} per actor "
+            "(check the cluster's node types, or --wait-for-resources)"
+        ) from None
     rest = pa.concat_tables(pending) if pending else None
     if rest is not None and rest.num_rows:
         commit(rest)

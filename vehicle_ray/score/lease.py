@@ -185,8 +185,10 @@ def lease_backend(output: str, base: str, local: bool) -> LeaseBackend:
     if urlparse(str(output)).scheme == "s3":
         bucket, _, prefix = base.partition("/")
         return S3LeaseBackend(bucket, f"{prefix.rstrip('/')}/{LEASE_FILE}".lstrip("/"))
-    raise InputError(f"the overlap lease needs a local path or s3:// output, not {output}; "
-                     "pass --no-lease if nothing else writes to it")
+    raise InputError(
+        f"the overlap lease needs a local path or s3:// output, not {output}; "
+        "pass --no-lease if nothing else writes to it"
+    )
 
 
 class Lease:
@@ -198,8 +200,14 @@ class Lease:
     def __init__(self, backend: LeaseBackend, run_id: str, ttl: float = DEFAULT_TTL_S):
         self.backend, self.ttl = backend, ttl
         now = time.time()
-        self.record = LeaseRecord(token=uuid.uuid4().hex, holder=f"{socket.gethostname()}:{os.getpid()}",
-                                  run_id=run_id, since=now, heartbeat=now, ttl=ttl)
+        self.record = LeaseRecord(
+            token=uuid.uuid4().hex,
+            holder=f"{socket.gethostname()}:{os.getpid()}",
+            run_id=run_id,
+            since=now,
+            heartbeat=now,
+            ttl=ttl,
+        )
         self.version: str | None = None
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -215,9 +223,11 @@ class Lease:
                 return
             if time.monotonic() >= deadline:
                 age = time.time() - held.heartbeat
-                raise TryLater(f"another run holds the output (run {held.run_id} on {held.holder}, since "
-                               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held.since))} UTC, heartbeat "
-                               f"{age:.0f}s ago); try later, or pass --wait SECONDS")
+                raise TryLater(
+                    f"another run holds the output (run {held.run_id} on {held.holder}, since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held.since))} UTC, heartbeat "
+                    f"{age:.0f}s ago); try later, or pass --wait SECONDS"
+                )
             time.sleep(min(poll, max(0.1, deadline - time.monotonic())))
 
     def _try_acquire(self) -> LeaseRecord | None:
@@ -232,8 +242,10 @@ class Lease:
         if not held.stale(time.time()):
             return held
         if self.backend.swap(self._fresh(), version):
-            logger.info(f"took over a stale lease of run {held.run_id} on {held.holder} "
-                        f"(heartbeat {time.time() - held.heartbeat:.0f}s ago)")
+            logger.info(
+                f"took over a stale lease of run {held.run_id} on {held.holder} "
+                f"(heartbeat {time.time() - held.heartbeat:.0f}s ago)"
+            )
             self.version = self._version_of_mine()
             return None
         return self._try_acquire()  # someone else changed it first: look again

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from vehicle_ray.data import ImageRoot, check_file_names, is_uri, open_root, read_csv, resolve_column
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.decode import IMAGE_EXTENSIONS
-from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.done_index import path_hashes
+from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.store import STAGING, OutputStore
 
 MANIFEST_CHUNK = 100_000
@@ -68,8 +68,13 @@ def iter_listing(
     return root, chunked(walk(root, opts.glob), chunk)
 
 
-def write_manifest(store: OutputStore, run_id: str, root: ImageRoot, chunks: Iterator[list[str]],
-                   is_done: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[str, int, int]:
+def write_manifest(
+    store: OutputStore,
+    run_id: str,
+    root: ImageRoot,
+    chunks: Iterator[list[str]],
+    is_done: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[str, int, int]:
     """Stream the listing into Parquet under staging, dropping files `is_done` (a mask over path
     hashes; --incremental: the output's done-index) says are committed; returns (manifest dir,
     listed, new)."""
@@ -81,7 +86,9 @@ def write_manifest(store: OutputStore, run_id: str, root: ImageRoot, chunks: Ite
         keep = ~is_done(path_hashes(paths)) if is_done is not None else np.ones(len(paths), dtype=bool)
         listed += len(paths)
         if keep.any():
-            table = pa.table({"path": np.asarray(paths, dtype=object)[keep], "rel": np.asarray(rel, dtype=object)[keep]})
+            table = pa.table(
+                {"path": np.asarray(paths, dtype=object)[keep], "rel": np.asarray(rel, dtype=object)[keep]}
+            )
             pq.write_table(table, posixpath.join(manifest, f"part-{i:05d}.parquet"), filesystem=store.fs)
             new += int(keep.sum())
     return manifest, listed, new

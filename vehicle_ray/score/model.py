@@ -68,8 +68,12 @@ def local_model(model: str | Path) -> Path:
         raise InputError(f"model not found: {model}")
     target = Path(tempfile.mkdtemp(prefix="vehicle_ray_model_"))
     if info.type == pafs.FileType.File:
-        pafs.copy_files(base, str(target / posixpath.basename(base)), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            base,
+            str(target / posixpath.basename(base)),
+            source_filesystem=fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
         return target / posixpath.basename(base)
     pafs.copy_files(base, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return target
@@ -83,19 +87,39 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
     if directory.is_dir() and (directory / MODEL_JSON).is_file():
         art = open_artifact(directory)
         tta = art.meta["tta"]
-        return ModelSpec(source=str(model), directory=directory, allow_pickle=False, classes=art.classes, size=art.size,
-                         resize_method=art.meta["input"]["resize_method"], model_id=art.meta["model_id"],
-                         model_sha256=art.meta["model_sha256"], tta_defaults=TTASettings(tta["n"], tta["beta"]),
-                         has_onnx=ONNX in art.meta["files"], has_int8=ONNX_INT8 in art.meta["files"])
+        return ModelSpec(
+            source=str(model),
+            directory=directory,
+            allow_pickle=False,
+            classes=art.classes,
+            size=art.size,
+            resize_method=art.meta["input"]["resize_method"],
+            model_id=art.meta["model_id"],
+            model_sha256=art.meta["model_sha256"],
+            tta_defaults=TTASettings(tta["n"], tta["beta"]),
+            has_onnx=ONNX in art.meta["files"],
+            has_int8=ONNX_INT8 in art.meta["files"],
+        )
     if not allow_pickle:
-        raise InputError(f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
-                         "(unpickling runs code from the file: only for models you trust)")
+        raise InputError(
+            f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
+            "(unpickling runs code from the file: only for models you trust)"
+        )
     path, learn = pickle_learner(directory)
     size, method = _learner_resize(learn)
     sha = sha256_file(path)
-    return ModelSpec(source=str(model), directory=path, allow_pickle=True, classes=[str(c) for c in learn.dls.vocab], size=size,
-                     resize_method=method, model_id=f"fastai-export-{sha[:12]}", model_sha256=sha,
-                     tta_defaults=TTASettings(), has_onnx=False)
+    return ModelSpec(
+        source=str(model),
+        directory=path,
+        allow_pickle=True,
+        classes=[str(c) for c in learn.dls.vocab],
+        size=size,
+        resize_method=method,
+        model_id=f"fastai-export-{sha[:12]}",
+        model_sha256=sha,
+        tta_defaults=TTASettings(),
+        has_onnx=False,
+    )
 
 
 def pass_files(spec: ModelSpec, tta: TTASettings, backend: str, use_gpu: bool) -> tuple[str, str]:
@@ -105,5 +129,4 @@ def pass_files(spec: ModelSpec, tta: TTASettings, backend: str, use_gpu: bool) -
     if use_onnx and not spec.has_onnx:
         raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")
     full = ONNX if use_onnx else WEIGHTS
-    return (ONNX_INT8 if tta.plain_precision == "int8" else full,
-            ONNX_INT8 if tta.aug_precision == "int8" else full)
+    return (ONNX_INT8 if tta.plain_precision == "int8" else full, ONNX_INT8 if tta.aug_precision == "int8" else full)

@@ -46,8 +46,13 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
     if elastic and (not fits_now or opts.max_actors is not None):
         cpus = opts.cpus_per_actor or 1.0
         fixed_size = opts.actors if opts.max_actors is None else None  # --actors N stays a fixed pool
-        return Plan(actors=opts.actors or 1, max_actors=opts.max_actors or fixed_size, cpus_per_actor=cpus,
-                    gpus_per_actor=opts.gpus_per_actor, threads=max(1, int(cpus)))
+        return Plan(
+            actors=opts.actors or 1,
+            max_actors=opts.max_actors or fixed_size,
+            cpus_per_actor=cpus,
+            gpus_per_actor=opts.gpus_per_actor,
+            threads=max(1, int(cpus)),
+        )
     if opts.gpus_per_actor > 0:
         if total_gpu < opts.gpus_per_actor:
             raise InputError(f"--gpus-per-actor {opts.gpus_per_actor:g} but the cluster has {total_gpu:g} GPUs")
@@ -58,11 +63,14 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
         actors = opts.actors or max(1, int((total_cpu - reserve) // 4))
         cpus = opts.cpus_per_actor or max(1.0, float((total_cpu - reserve) // actors))
     if actors * cpus > total_cpu - 1:
-        raise InputError(f"{actors} actors x {cpus:g} CPUs leaves no CPU for reading and decoding on a "
-                         f"{total_cpu:g}-CPU cluster; lower --actors or --cpus-per-actor")
+        raise InputError(
+            f"{actors} actors x {cpus:g} CPUs leaves no CPU for reading and decoding on a "
+            f"{total_cpu:g}-CPU cluster; lower --actors or --cpus-per-actor"
+        )
     threads = max(1, int(opts.cpus_per_actor)) if opts.cpus_per_actor else max(1, int(total_cpu // actors))
-    return Plan(actors=actors, max_actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor,
-                threads=threads)
+    return Plan(
+        actors=actors, max_actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor, threads=threads
+    )
 
 
 def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int | None:
@@ -84,8 +92,11 @@ def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
     if opts.no_tta:
         return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none", plain_precision=full)
     d = spec.tta_defaults
-    settings = TTASettings(n=d.n if opts.tta_n is None else opts.tta_n,
-                           beta=d.beta if opts.tta_beta is None else opts.tta_beta, use_max=opts.tta_max)
+    settings = TTASettings(
+        n=d.n if opts.tta_n is None else opts.tta_n,
+        beta=d.beta if opts.tta_beta is None else opts.tta_beta,
+        use_max=opts.tta_max,
+    )
     if settings.n == 0:
         return replace(settings, aug_precision="none", plain_precision=full)
     precision = tta_precision(spec, opts)
@@ -99,6 +110,8 @@ def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
     else full precision: bf16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
     int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
     if opts.tta_precision == "int8" and not int8_possible:
-        raise InputError("--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "
-                         "model.int8.onnx; use --tta-precision full")
+        raise InputError(
+            "--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "
+            "model.int8.onnx; use --tta-precision full"
+        )
     return "int8" if int8_possible and opts.tta_precision != "full" else full_precision(opts)

@@ -57,8 +57,9 @@ def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[to
 class Predictor:
     """Ray Data actor: loads the model once, then turns decoded batches into prediction rows."""
 
-    def __init__(self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1,
-                 emit_plain: bool = False):
+    def __init__(
+        self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1, emit_plain: bool = False
+    ):
         import torch
 
         use_gpu = torch.cuda.is_available()
@@ -70,8 +71,9 @@ class Predictor:
             transforms = list(learn.dls.after_batch.fs)
             self.forward = self.aug_forward = _torch_forward(learn.model, self.device)
         else:
-            transforms, self.forward, self.aug_forward = _artifact_forwards(spec, tta, directory, backend, use_gpu,
-                                                                            threads, self.device)
+            transforms, self.forward, self.aug_forward = _artifact_forwards(
+                spec, tta, directory, backend, use_gpu, threads, self.device
+            )
         if self.device.type == "cuda":
             for t in transforms:
                 if hasattr(t, "to"):
@@ -90,8 +92,9 @@ class Predictor:
             import torch
 
             images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
-            blended, plain_pass = tta_probabilities(self.forward, images, self.plain, self.aug, self.tta,
-                                                      self.aug_forward)
+            blended, plain_pass = tta_probabilities(
+                self.forward, images, self.plain, self.aug, self.tta, self.aug_forward
+            )
             probs[ok], plain[ok] = blended.cpu().numpy(), plain_pass.cpu().numpy()
         best = probs.argmax(axis=1)
         columns = {
@@ -110,16 +113,21 @@ class Predictor:
 
 
 def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
-    return pa.array([p.tolist() if good else None for p, good in zip(probs, ok)], pa.list_(pa.float32()))
+    return pa.array([p.tolist() if good else None for p, good in zip(probs, ok, strict=True)], pa.list_(pa.float32()))
 
 
-def _artifact_forwards(spec: ModelSpec, tta: TTASettings, directory: Path, backend: str, use_gpu: bool,
-                       threads: int, device: torch.device) -> tuple[list, Callable, Callable]:
+def _artifact_forwards(
+    spec: ModelSpec, tta: TTASettings, directory: Path, backend: str, use_gpu: bool, threads: int, device: torch.device
+) -> tuple[list, Callable, Callable]:
     """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact."""
     plain, aug = pass_files(spec, tta, backend, use_gpu)
     art = open_artifact(directory, verify={plain, aug})
-    forwards = {name: _torch_forward(load_torch_model(art), device) if name == WEIGHTS
-                else onnx_forward(art.path(name), threads) for name in {plain, aug}}
+    forwards = {
+        name: _torch_forward(load_torch_model(art), device)
+        if name == WEIGHTS
+        else onnx_forward(art.path(name), threads)
+        for name in {plain, aug}
+    }
     return artifact_batch_transforms(art.meta), forwards[plain], forwards[aug]
 
 
@@ -127,8 +135,7 @@ def artifact_batch_transforms(meta: dict[str, Any]) -> list:
     """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize."""
     from fastai.data.transforms import IntToFloatTensor
 
-    from vehicle_ray.train.learner import augment_transforms
     from vehicle_ray.recipe import recipe_from_dict
+    from vehicle_ray.train.learner import augment_transforms
 
     return [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
-

@@ -34,15 +34,22 @@ def progress_line(done: int, total: int, errors: int, chunks: int, elapsed: floa
     rate = done / elapsed if elapsed > 0 else 0.0
     percent = 100.0 * done / total if total else 100.0
     eta = duration((total - done) / rate) if rate > 0 and done < total else ("0s" if done >= total else "?")
-    return (f"progress {done}/{total} files ({percent:.1f}%), {rate:.1f} images/s, {errors} errors, "
-            f"{chunks} chunk{'s' if chunks != 1 else ''} committed, ETA {eta}")
+    return (
+        f"progress {done}/{total} files ({percent:.1f}%), {rate:.1f} images/s, {errors} errors, "
+        f"{chunks} chunk{'s' if chunks != 1 else ''} committed, ETA {eta}"
+    )
 
 
 class Progress:
     """Call `update` as rows arrive; it prints at most once per `interval` (always on `close`)."""
 
-    def __init__(self, total: int, interval: float = DEFAULT_INTERVAL_S, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int,
+        interval: float = DEFAULT_INTERVAL_S,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.interval, self.clock = total, interval, clock
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.start = self.last = clock()

@@ -56,8 +56,10 @@ ERROR_COLUMNS = ["path", "error", "model_id", "model_sha256"]
 def split_rows(table: pa.Table) -> dict[str, pa.Table]:
     """The pipeline's rows (an `error` column, null when scored) as {predictions, errors} tables."""
     failed = table.column("error").is_valid()
-    return {PREDICTIONS: table.filter(pc.invert(failed)).drop_columns(["error"]),
-            ERRORS: table.filter(failed).select(ERROR_COLUMNS)}
+    return {
+        PREDICTIONS: table.filter(pc.invert(failed)).drop_columns(["error"]),
+        ERRORS: table.filter(failed).select(ERROR_COLUMNS),
+    }
 
 
 def chunk_name(index: int) -> str:
@@ -111,8 +113,11 @@ class OutputStore:
 
     def run_records(self) -> dict[str, dict[str, Any]]:
         """Finished runs: run id -> run record (the run's summary, plus its chunk records)."""
-        return {posixpath.basename(i.path)[:-5]: self.read_json(posixpath.relpath(i.path, self.base))
-                for i in self._children(RUNS) if i.type == pafs.FileType.File and i.path.endswith(".json")}
+        return {
+            posixpath.basename(i.path)[:-5]: self.read_json(posixpath.relpath(i.path, self.base))
+            for i in self._children(RUNS)
+            if i.type == pafs.FileType.File and i.path.endswith(".json")
+        }
 
     def finished_runs(self) -> set[str]:
         return set(self.run_records())
@@ -142,20 +147,31 @@ class OutputStore:
         """Full paths of the committed Parquet files of one kind (what a consistent reader reads)."""
         files = [self.path(final) for r in self.chunk_records() for final in r.files if final.startswith(kind + "/")]
         for run_id in sorted(self._legacy_runs()):
-            files += [i.path for i in self.fs.get_file_info(
-                pafs.FileSelector(self.path(kind, f"run={run_id}"), recursive=True, allow_not_found=True))
-                if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+            files += [
+                i.path
+                for i in self.fs.get_file_info(
+                    pafs.FileSelector(self.path(kind, f"run={run_id}"), recursive=True, allow_not_found=True)
+                )
+                if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+            ]
         return files
 
     def _units(self) -> dict[str, list[str]]:
         """Committed units (a chunk, or a whole run of the previous version) -> their Parquet files:
         the keys of the done-index."""
-        units = {index_key(r.run_id, r.index): [self.path(f) for f in r.files if f.split("/")[0] in KINDS]
-                 for r in self.chunk_records()}
+        units = {
+            index_key(r.run_id, r.index): [self.path(f) for f in r.files if f.split("/")[0] in KINDS]
+            for r in self.chunk_records()
+        }
         for run_id in self._legacy_runs():
-            units[run_id] = [i.path for kind in KINDS for i in self.fs.get_file_info(
-                pafs.FileSelector(self.path(kind, f"run={run_id}"), recursive=True, allow_not_found=True))
-                if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+            units[run_id] = [
+                i.path
+                for kind in KINDS
+                for i in self.fs.get_file_info(
+                    pafs.FileSelector(self.path(kind, f"run={run_id}"), recursive=True, allow_not_found=True)
+                )
+                if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+            ]
         return units
 
     @contextlib.contextmanager
@@ -242,8 +258,9 @@ class OutputStore:
                 staged = posixpath.join(staged_dir, f"{kind}.parquet")
                 pq.write_table(part, self.path(staged), filesystem=self.fs)
                 files[posixpath.join(kind, f"run={run_id}", f"{chunk_name(index)}.parquet")] = staged
-        return ChunkCommit(run_id=run_id, index=index, files=files, predictions=counts[PREDICTIONS],
-                           errors=counts[ERRORS])
+        return ChunkCommit(
+            run_id=run_id, index=index, files=files, predictions=counts[PREDICTIONS], errors=counts[ERRORS]
+        )
 
     def commit_chunk(self, record: ChunkCommit) -> None:
         """The commit point is the record; the moves after it are idempotent (recover redoes them)."""

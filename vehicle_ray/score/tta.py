@@ -30,8 +30,13 @@ class TTASettings:
     plain_precision: str = "fp32"  # the plain pass's model: fp32, bf16 (GPU), int8 (only with int8 augmented passes)
 
     def as_columns(self) -> dict[str, object]:
-        return {"tta_n": self.n, "tta_beta": self.beta, "tta_max": self.use_max,
-                "tta_aug_precision": self.aug_precision, "tta_plain_precision": self.plain_precision}
+        return {
+            "tta_n": self.n,
+            "tta_beta": self.beta,
+            "tta_max": self.use_max,
+            "tta_aug_precision": self.aug_precision,
+            "tta_plain_precision": self.plain_precision,
+        }
 
 
 def batch_pipelines(transforms: list) -> tuple[Pipeline, Pipeline]:
