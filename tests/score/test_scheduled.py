@@ -149,6 +149,7 @@ def test_overlapping_runs_never_score_a_file_twice(trained_model, dump, tmp_path
     assert f"scored 0 of 0 files (0 errors, {N_FILES} skipped" in waiting_log  # it waited, then found it done
     if where == "local":
         predictions = read_out(out)
+        assert _duckdb_counts(out) == (N_FILES, N_FILES)  # and DuckDB after the run: every file, once
     else:
         import pyarrow.fs as pafs
 
