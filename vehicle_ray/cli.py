@@ -282,7 +282,7 @@ def lr_find_cmd(
     type=click.Choice(BACKENDS),
     default=default(ScoreOptions, "backend"),
     show_default=True,
-    help="auto: ONNX Runtime on CPU actors, PyTorch (bf16) on GPU actors.",
+    help="auto: ONNX Runtime on CPU actors, PyTorch (bf16 or fp16 by GPU capability) on GPU actors.",
 )
 @click.option(
     "--tta-precision",

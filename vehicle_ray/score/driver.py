@@ -37,7 +37,15 @@ from vehicle_ray.score.lease import Lease, lease_backend
 from vehicle_ray.score.listing import iter_listing, write_manifest
 from vehicle_ray.score.model import ModelSpec, pass_files, resolve_model
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.planning import Plan, plan_resources, read_ahead_bytes, tta_settings
+from vehicle_ray.score.planning import (
+    Plan,
+    actor_device,
+    describe_precisions,
+    plan_resources,
+    read_ahead_bytes,
+    recorded_tta,
+    tta_settings,
+)
 from vehicle_ray.score.predictor import Predictor
 from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress
 from vehicle_ray.score.store import ChunkCommit, OutputStore
@@ -85,7 +93,8 @@ def score(
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
-        open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, opts.gpus_per_actor > 0)))
+        use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
+        open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
     root, chunks = iter_listing(source, images, opts)
     first = next(chunks, None)
     if first is None:
@@ -116,11 +125,14 @@ def score(
             manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
-            f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {_precisions(tta)}); {plan.describe()}; "
+            f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
             f"committing every {opts.commit_every} files"
         )
+        ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
         committed = (
-            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease) if new else []
+            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, ran)
+            if new
+            else []
         )
         scored, errors = sum(c.predictions for c in committed), sum(c.errors for c in committed)
         if scored + errors != new:
@@ -141,7 +153,7 @@ def score(
             images_per_second=round(new / wall, 2),
             model_id=spec.model_id,
             model_sha256=spec.model_sha256,
-            tta=asdict(tta),
+            tta=asdict(recorded_tta(tta, ran)),
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
@@ -157,12 +169,6 @@ def _writer_lease(store: OutputStore, run_id: str, opts: ScoreOptions) -> contex
     lease = Lease(lease_backend(store.uri, store.base, store.is_local), run_id, ttl=opts.lease_ttl)
     lease.acquire(wait=opts.wait)
     return lease
-
-
-def _precisions(tta: TTASettings) -> str:
-    if tta.aug_precision in ("none", tta.plain_precision):
-        return tta.plain_precision
-    return f"plain {tta.plain_precision}, augmented {tta.aug_precision}"
 
 
 def _dataset(
@@ -206,6 +212,7 @@ def _dataset(
             "backend": opts.backend,
             "threads": plan.threads,
             "emit_plain": opts.emit_plain,
+            "device": actor_device(plan.gpus_per_actor),
         },
     )
 
@@ -235,6 +242,7 @@ def _score_in_chunks(
     total: int,
     elastic: bool,
     lease: Lease | None,
+    ran: dict[str, set[str]] | None = None,
 ) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them."""
     wait = _configure_data_context(plan, spec, opts, elastic)
@@ -257,6 +265,9 @@ def _score_in_chunks(
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
             pending.append(seen.drop_repeats(batch))
+            if ran is not None:  # what the actors ran (a GPU actor: bf16 or fp16), for summary.json
+                for column in ("tta_plain_precision", "tta_aug_precision"):
+                    ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
             while sum(t.num_rows for t in pending) >= opts.commit_every:
                 rows = pa.concat_tables(pending)
                 commit(rows.slice(0, opts.commit_every))

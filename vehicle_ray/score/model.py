@@ -122,9 +122,20 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
     )
 
 
+ONNX_ON_GPU = "--backend onnx runs on CPU actors; use --backend torch (or auto) with --gpus-per-actor"
+
+
+def require_backend_device(backend: str, use_gpu: bool) -> None:
+    """The ONNX backend is an ONNX Runtime CPU session: GPU actors would feed it CUDA tensors."""
+    if backend == "onnx" and use_gpu:
+        raise InputError(ONNX_ON_GPU)
+
+
 def pass_files(spec: ModelSpec, tta: TTASettings, backend: str, use_gpu: bool) -> tuple[str, str]:
     """(plain-pass file, augmented-pass file): the artifact files the model actors load, so the driver
-    can verify them before any actor starts and each actor loads and verifies only those."""
+    can verify them before any actor starts and each actor loads and verifies only those. `use_gpu` is
+    the plan's (gpus_per_actor > 0), never whether a GPU happens to be visible."""
+    require_backend_device(backend, use_gpu)
     use_onnx = backend == "onnx" or (backend == "auto" and not use_gpu and spec.has_onnx)
     if use_onnx and not spec.has_onnx:
         raise InputError(f"--backend onnx: {spec.source} has no {ONNX}")

@@ -1,7 +1,9 @@
-"""Planning a scoring run on the driver: the actor pool's size and the model each TTA pass runs on.
+"""Planning a scoring run on the driver: the actor pool's size, the actors' device and the model each
+TTA pass runs on.
 
 Pure functions of the cluster's resources, the options and the model's description: no Ray calls, so
-the invariants (never reserve every CPU, GPU sizing, which passes may run int8) are unit-tested.
+the invariants (never reserve every CPU, GPU sizing, which passes may run int8, the device follows the
+plan and never mere GPU visibility, bf16 or fp16 by GPU capability) are unit-tested.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from vehicle_ray.errors import InputError
-from vehicle_ray.score.model import ModelSpec
+from vehicle_ray.score.model import ModelSpec, require_backend_device
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.tta import TTASettings
 
 MIN_READ_AHEAD_BYTES = 256 * 2**20
+# What a GPU plan asks for; an actor whose GPU lacks native bf16 (compute capability < 8.0: T4, V100)
+# runs fp16 instead and records that in its rows (`ran_precisions`) and so in summary.json.
+GPU_PRECISION = "bf16"
+GPU_PRECISION_NOTE = "bf16 or fp16 by GPU capability"
 READ_AHEAD_BATCHES = 8  # decoded batches per actor that may wait in the object store
 
 
@@ -83,11 +89,58 @@ def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int | None:
     return max(MIN_READ_AHEAD_BYTES, plan.max_actors * READ_AHEAD_BATCHES * batch_size * size * size * 3)
 
 
+def actor_device(gpus_per_actor: float) -> str:
+    """The model actors' device, from the plan alone: "cuda" when each actor reserves GPU, else "cpu".
+    Never from what the actor can see: Ray 2.60 no longer hides a node's GPUs from actors that
+    reserved none, so `torch.cuda.is_available()` is True in CPU actors on a GPU node."""
+    return "cuda" if gpus_per_actor > 0 else "cpu"
+
+
+def gpu_precision(capability: tuple[int, int]) -> str:
+    """The autocast precision of a GPU actor from its GPU's compute capability: bf16 where the GPU runs it
+    natively (>= 8.0: A100, A10, L4, H100, ...), else fp16 (T4 7.5, V100 7.0: bf16 there is emulated,
+    far slower, if it runs at all). Not `torch.cuda.is_bf16_supported()`: it says True on those
+    GPUs too (emulation counts)."""
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+
+def ran_precisions(tta: TTASettings, gpu: str) -> TTASettings:
+    """`tta` as a GPU actor runs it: the planned GPU precision replaced by its GPU's own (`gpu_precision`)."""
+
+    def ran(planned: str) -> str:
+        return gpu if planned == GPU_PRECISION else planned
+
+    return replace(tta, plain_precision=ran(tta.plain_precision), aug_precision=ran(tta.aug_precision))
+
+
+def recorded_tta(tta: TTASettings, ran: dict[str, set[str]]) -> TTASettings:
+    """The settings for summary.json: the precisions the actors recorded in their rows (columns
+    tta_plain_precision / tta_aug_precision), joined with "+" when actors on different GPUs differed;
+    the plan's when no row came back."""
+    plain, aug = ran.get("tta_plain_precision"), ran.get("tta_aug_precision")
+    if not plain or not aug:
+        return tta
+    return replace(tta, plain_precision="+".join(sorted(plain)), aug_precision="+".join(sorted(aug)))
+
+
+def describe_precisions(tta: TTASettings) -> str:
+    """The passes' precisions for the driver's log line (a GPU plan's are chosen in each actor)."""
+    if tta.aug_precision in ("none", tta.plain_precision):
+        text = tta.plain_precision
+    else:
+        text = f"plain {tta.plain_precision}, augmented {tta.aug_precision}"
+    return text.replace(GPU_PRECISION, GPU_PRECISION_NOTE)
+
+
 def full_precision(opts: ScoreOptions) -> str:
-    return "bf16" if opts.gpus_per_actor > 0 else "fp32"
+    """The full-precision model's precision as planned: GPU_PRECISION on GPU actors (each actor then runs
+    bf16 or fp16 by its GPU's capability, see `ran_precisions`), fp32 on CPU actors."""
+    return GPU_PRECISION if actor_device(opts.gpus_per_actor) == "cuda" else "fp32"
 
 
 def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
+    """Which model each pass runs on; refuses (InputError, before any Ray work) what cannot run."""
+    require_backend_device(opts.backend, actor_device(opts.gpus_per_actor) == "cuda")
     full = full_precision(opts)
     if opts.no_tta:
         return TTASettings(n=0, beta=1.0, use_max=False, aug_precision="none", plain_precision=full)
@@ -107,8 +160,8 @@ def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
 def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
     """What TTA's passes run on. auto: the artifact's int8 ONNX model on CPU actors (about twice as
     fast; TTA's blend moves less under int8 than under a different draw of its own augmentations),
-    else full precision: bf16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
-    int8_possible = spec.has_int8 and opts.gpus_per_actor == 0 and opts.backend != "torch"
+    else full precision: bf16 or fp16 on GPU actors, fp32 on CPU. Without TTA the plain pass is always full."""
+    int8_possible = spec.has_int8 and actor_device(opts.gpus_per_actor) == "cpu" and opts.backend != "torch"
     if opts.tta_precision == "int8" and not int8_possible:
         raise InputError(
             "--tta-precision int8 needs CPU actors, the ONNX backend and a model artifact with "

@@ -1,7 +1,10 @@
 """The Ray Data model actor and its backends: ONNX Runtime on CPU (about twice eager PyTorch's speed on
 CPU; on CPU, TTA's passes can run the artifact's static-int8 ONNX model, about twice fp32 ONNX again)
-and eager PyTorch (bf16 autocast on GPU, channels_last). Without TTA the plain pass always runs the
-full-precision model.
+and eager PyTorch (autocast on GPU, channels_last: bf16 where the GPU has it natively, else fp16).
+Without TTA the plain pass always runs the full-precision model.
+
+The device follows the plan (`device`, from --gpus-per-actor on the driver), never what the actor can
+see: Ray no longer hides a node's GPUs from actors that reserved none.
 
 torch and fastai are imported inside the functions that use them: the driver pickles `Predictor` by
 reference and would otherwise pay seconds of imports it never uses.
@@ -9,14 +12,16 @@ reference and would otherwise pay seconds of imports it never uses.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from vehicle_ray.artifact import WEIGHTS, load_torch_model, open_artifact
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
+from vehicle_ray.score.planning import gpu_precision, ran_precisions
 from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
 
 if TYPE_CHECKING:
@@ -40,7 +45,79 @@ def onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Ten
     return forward
 
 
-def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def gpu_autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """The GPU autocast dtype for a compute capability: bfloat16 from 8.0 (Ampere) on, else float16."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[gpu_precision(capability)]
+
+
+def move_transform_tensors(transforms: list, device: torch.device | str) -> int:
+    """Move every tensor a batch transform holds (fastai's Normalize keeps mean/std as tensors; fastai
+    transforms have no `.to`) to `device`, also in lists, fastcore Ls, tuples and dicts and nested
+    transforms among their attributes. Returns how many tensors it moved."""
+    import torch
+    from fastcore.foundation import CollBase
+
+    seen: set[int] = set()
+
+    def move(value: Any) -> tuple[Any, int]:
+        if isinstance(value, torch.Tensor):
+            return value.to(device), 1
+        if isinstance(value, CollBase):  # fastcore's L (transforms keep their sub-functions in one)
+            return value, move(value.items)[1]
+        if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+            moved = [move(v) for v in value]
+            count = sum(n for _, n in moved)
+            if not count:
+                return value, 0
+            items = [v for v, _ in moved]
+            if isinstance(value, list):
+                value[:] = items  # in place: keeps fastcore's L and any other list subclass as it is
+                return value, count
+            return (type(value)(*items) if hasattr(value, "_fields") else type(value)(items)), count
+        if isinstance(value, dict):
+            count = 0
+            for k, v in value.items():
+                value[k], n = move(v)
+                count += n
+            return value, count
+        if hasattr(value, "__dict__") and hasattr(value, "encodes") and id(value) not in seen:
+            return value, walk(value)  # a nested transform, e.g. inside a fastai wrapper
+        return value, 0
+
+    def walk(t: Any) -> int:
+        seen.add(id(t))
+        count = 0
+        for name, value in list(vars(t).items()):
+            new, n = move(value)
+            if n:
+                setattr(t, name, new)
+                count += n
+        return count
+
+    return sum(walk(t) for t in transforms if hasattr(t, "__dict__") and id(t) not in seen)
+
+
+@contextlib.contextmanager
+def _fastai_on_cpu() -> Iterator[None]:
+    """fastai places new tensors on its default device: the GPU whenever one is visible (e.g.
+    `Normalize.from_stats(..., cuda=True)`, which also creates a CUDA context). Build on the CPU, then
+    move to the planned device."""
+    from fastai.torch_core import defaults
+
+    before = defaults.use_cuda
+    defaults.use_cuda = False
+    try:
+        yield
+    finally:
+        defaults.use_cuda = before
+
+
+def _torch_forward(
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits = forward(batch) on `device`, under `dtype` autocast on a GPU (None: full precision)."""
     import torch
 
     model = model.eval().to(device).to(memory_format=torch.channels_last)
@@ -48,38 +125,56 @@ def _torch_forward(model: torch.nn.Module, device: torch.device) -> Callable[[to
     @torch.inference_mode()
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
             return model(torch.as_tensor(x)).float().cpu()
 
     return forward
 
 
 class Predictor:
-    """Ray Data actor: loads the model once, then turns decoded batches into prediction rows."""
+    """Ray Data actor: loads the model once, then turns decoded batches into prediction rows.
+
+    `device` is the plan's (`planning.actor_device(gpus_per_actor)`): "cpu" keeps the actor off every
+    GPU it may see. A GPU actor autocasts to bf16 or fp16 by its GPU's capability and records which
+    in its rows (tta_plain_precision / tta_aug_precision)."""
 
     def __init__(
-        self, spec: ModelSpec, tta: TTASettings, backend: str = "auto", threads: int = 1, emit_plain: bool = False
+        self,
+        spec: ModelSpec,
+        tta: TTASettings,
+        backend: str = "auto",
+        threads: int = 1,
+        emit_plain: bool = False,
+        device: str = "cpu",
     ):
         import torch
 
-        use_gpu = torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.device = torch.device(device)
+        use_gpu = self.device.type == "cuda"
+        dtype, ran = None, tta
+        if use_gpu:
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"this model actor was planned for {device} (--gpus-per-actor) but sees no GPU")
+            capability = torch.cuda.get_device_capability(self.device)
+            dtype = gpu_autocast_dtype(capability)
+            ran = ran_precisions(tta, gpu_precision(capability))
         torch.set_num_threads(threads)
         directory = spec.directory if spec.directory.exists() else local_model(spec.source)
-        if spec.allow_pickle:
-            _, learn = pickle_learner(directory)
-            transforms = list(learn.dls.after_batch.fs)
-            self.forward = self.aug_forward = _torch_forward(learn.model, self.device)
-        else:
-            transforms, self.forward, self.aug_forward = _artifact_forwards(
-                spec, tta, directory, backend, use_gpu, threads, self.device
-            )
-        if self.device.type == "cuda":
-            for t in transforms:
-                if hasattr(t, "to"):
-                    t.to(self.device)
+        with _fastai_on_cpu():
+            if spec.allow_pickle:
+                _, learn = pickle_learner(directory)
+                transforms = list(learn.dls.after_batch.fs)
+                self.forward = self.aug_forward = _torch_forward(learn.model, self.device, dtype)
+            else:
+                transforms, self.forward, self.aug_forward = _artifact_forwards(
+                    spec, tta, directory, backend, use_gpu, threads, self.device, dtype
+                )
+        move_transform_tensors(transforms, self.device)  # also on CPU: a pickle may hold them on cuda
         self.plain, self.aug = batch_pipelines(transforms)
-        self.spec, self.tta, self.emit_plain = spec, tta, emit_plain
+        self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -117,13 +212,21 @@ def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
 
 
 def _artifact_forwards(
-    spec: ModelSpec, tta: TTASettings, directory: Path, backend: str, use_gpu: bool, threads: int, device: torch.device
+    spec: ModelSpec,
+    tta: TTASettings,
+    directory: Path,
+    backend: str,
+    use_gpu: bool,
+    threads: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> tuple[list, Callable, Callable]:
-    """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact."""
+    """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact;
+    `use_gpu` is the plan's."""
     plain, aug = pass_files(spec, tta, backend, use_gpu)
     art = open_artifact(directory, verify={plain, aug})
     forwards = {
-        name: _torch_forward(load_torch_model(art), device)
+        name: _torch_forward(load_torch_model(art), device, dtype)
         if name == WEIGHTS
         else onnx_forward(art.path(name), threads)
         for name in {plain, aug}
@@ -132,10 +235,15 @@ def _artifact_forwards(
 
 
 def artifact_batch_transforms(meta: dict[str, Any]) -> list:
-    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize."""
+    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize;
+    every tensor they hold on the CPU (train.learner's Normalize.from_stats would put its stats on a
+    visible GPU): `move_transform_tensors` takes them to a GPU actor's device."""
     from fastai.data.transforms import IntToFloatTensor
 
     from vehicle_ray.recipe import recipe_from_dict
     from vehicle_ray.train.learner import augment_transforms
 
-    return [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
+    with _fastai_on_cpu():
+        transforms = [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
+    move_transform_tensors(transforms, "cpu")  # whatever the builder did, CPU is the known starting point
+    return transforms
