@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench-train bench-score clean
+.PHONY: demo test test-fast lint bench-train bench-score clean image
+
+IMAGE ?= vehicle-ray:0.1.0
+RAY_IMAGE ?= rayproject/ray:2.60.0-py311-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +34,10 @@ bench-train: $(STAMP)
 
 bench-score: $(STAMP)
 	$(PY) bench/bench_score.py
+
+# The cluster image (Dockerfile): make image IMAGE=YOUR_REGISTRY/vehicle-ray:0.1.0, then docker push it.
+image:
+	docker build --build-arg RAY_IMAGE=$(RAY_IMAGE) -t $(IMAGE) .
 
 clean:
 	rm -rf demo_output bench_output

@@ -44,20 +44,48 @@ def main() -> None:
     for i in range(args.repeats):
         export_dir = work / f"fastai{i}"
         export_dir.mkdir()
-        wall, out = timed([sys.executable, str(HERE / "plain_fastai_train.py"), csv, images, args.config,
-                           str(export_dir)])
+        wall, out = timed(
+            [sys.executable, str(HERE / "plain_fastai_train.py"), csv, images, args.config, str(export_dir)]
+        )
         rows["fastai"].append((wall, json.loads(out.strip().splitlines()[-1])["accuracy"]))
         model = work / f"model{i}"
-        wall, _ = timed([sys.executable, "-m", "vehicle_ray.cli", "train", "--csv", csv, "--images", images,
-                         "--config", args.config, "--workers", "1", "--out", str(model),
-                         "--storage-path", str(work / "runs")])
+        wall, _ = timed(
+            [
+                sys.executable,
+                "-m",
+                "vehicle_ray.cli",
+                "train",
+                "--csv",
+                csv,
+                "--images",
+                images,
+                "--config",
+                args.config,
+                "--workers",
+                "1",
+                "--out",
+                str(model),
+                "--storage-path",
+                str(work / "runs"),
+            ]
+        )
         rows["ray"].append((wall, json.loads((model / "model.json").read_text())["metrics"]["accuracy"]))
-        print(f"repeat {i + 1}: fastai {rows['fastai'][-1][0]:.1f}s acc {rows['fastai'][-1][1]:.4f} | "
-              f"vehicle-ray {rows['ray'][-1][0]:.1f}s acc {rows['ray'][-1][1]:.4f}", flush=True)
+        print(
+            f"repeat {i + 1}: fastai {rows['fastai'][-1][0]:.1f}s acc {rows['fastai'][-1][1]:.4f} | "
+            f"vehicle-ray {rows['ray'][-1][0]:.1f}s acc {rows['ray'][-1][1]:.4f}",
+            flush=True,
+        )
     med = {k: statistics.median(w for w, _ in v) for k, v in rows.items()}
     acc = {k: statistics.median(a for _, a in v) for k, v in rows.items()}
-    result = {"config": args.config, "images": args.train, "size": args.size, "repeats": args.repeats,
-              "median_wall_s": med, "median_accuracy": acc, "ratio_ray_over_fastai": round(med["ray"] / med["fastai"], 3)}
+    result = {
+        "config": args.config,
+        "images": args.train,
+        "size": args.size,
+        "repeats": args.repeats,
+        "median_wall_s": med,
+        "median_accuracy": acc,
+        "ratio_ray_over_fastai": round(med["ray"] / med["fastai"], 3),
+    }
     print(json.dumps(result, indent=2))
 
 

@@ -15,8 +15,8 @@ import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
 import torch
 
 from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 from vehicle_ray.recipe import load_recipe
+from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 
 
 def main(csv: str, images: str, config: str, export_dir: str) -> None:
@@ -34,7 +34,7 @@ def main(csv: str, images: str, config: str, export_dir: str) -> None:
     learn.export(Path(export_dir) / "export.pkl")
     valid_loss, *metrics = learn.recorder.final_record[1:]
     names = learn.recorder.metric_names[3:-1]
-    print(json.dumps({"valid_loss": float(valid_loss), **{n: float(m) for n, m in zip(names, metrics)}}))
+    print(json.dumps({"valid_loss": float(valid_loss), **{n: float(m) for n, m in zip(names, metrics, strict=True)}}))
 
 
 if __name__ == "__main__":

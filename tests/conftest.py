@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,28 +46,55 @@ def free_port() -> int:
 
 @pytest.fixture
 def s3_server():
-    """moto's standalone S3-compatible server on loopback, for real pyarrow S3 traffic."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    """moto's standalone S3-compatible server on loopback, for real pyarrow S3 traffic.
+
+    Ready means moto answers HTTP, not merely that the port accepts connections: with a Ray session in
+    this process its workers take ports from the same ephemeral range, so a free port can be taken
+    before moto binds it (moto then exits, and another attempt gets a new port)."""
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if _moto_ready(proc, port):
             break
-        except OSError:
-            time.sleep(0.3)
-    yield env
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail("moto's S3 server did not start")
+    yield {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _moto_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> bool:
+    """True once the moto process on `port` answers an S3 ListBuckets; False if it exits or never does."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                if b"ListAllMyBucketsResult" in r.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `vehicle-ray ARGS` in a fresh process, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "vehicle_ray.cli", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "vehicle_ray.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -79,6 +107,14 @@ def trained_model(ray_local, sample_dir, tmp_path_factory) -> Path:
     from vehicle_ray.train.driver import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
-    train(TrainOptions(csv=sample_dir / "train.csv", images=sample_dir / "images", out=out, workers=2,
-                       storage_path=str(tmp_path_factory.mktemp("ray_runs"))), load_recipe("tiny_cpu"))
+    train(
+        TrainOptions(
+            csv=sample_dir / "train.csv",
+            images=sample_dir / "images",
+            out=out,
+            workers=2,
+            storage_path=str(tmp_path_factory.mktemp("ray_runs")),
+        ),
+        load_recipe("tiny_cpu"),
+    )
     return out

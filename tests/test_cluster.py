@@ -41,14 +41,43 @@ def ray_head(tmp_path):
     # (any earlier local ray.init() writes one), and whether it exists depends on what ran before.
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-           "--ray-client-server-port", str(free_port()), "--node-manager-port", str(free_port()),
-           "--object-manager-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-           "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
-           "--min-worker-port", "20000", "--max-worker-port", "20999", "--temp-dir", str(temp_dir)]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--port",
+        str(free_port()),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--include-dashboard",
+        "true",
+        "--ray-client-server-port",
+        str(free_port()),
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--min-worker-port",
+        "20000",
+        "--max-worker-port",
+        "20999",
+        "--temp-dir",
+        str(temp_dir),
+    ]
+    head = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -70,10 +99,27 @@ def ray_head(tmp_path):
 
 def submit(address: str, env: dict, *entrypoint: str) -> str:
     r = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--entrypoint-num-cpus", "0", "--",
-         "python", *entrypoint],
-        capture_output=True, text=True, env=env, timeout=900)
+        [
+            str(VENV_BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env-json",
+            json.dumps({"excludes": EXCLUDES}),
+            "--entrypoint-num-cpus",
+            "0",
+            "--",
+            "python",
+            *entrypoint,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-4000:]
     return out
@@ -84,16 +130,70 @@ def submit(address: str, env: dict, *entrypoint: str) -> str:
 def test_ray_job_submit_train_then_score(ray_head, sample_dir, tmp_path):
     address, env = ray_head
     model, scores = tmp_path / "model", tmp_path / "scores"
-    out = submit(address, env, "jobs/train.py", "--csv", str(sample_dir / "train.csv"), "--images",
-                 str(sample_dir / "images"), "--config", "tiny_cpu", "--epochs", "1", "--workers", "2",
-                 "--out", str(model), "--storage-path", str(tmp_path / "runs"))
+    out = submit(
+        address,
+        env,
+        "jobs/train.py",
+        "--csv",
+        str(sample_dir / "train.csv"),
+        "--images",
+        str(sample_dir / "images"),
+        "--config",
+        "tiny_cpu",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--out",
+        str(model),
+        "--storage-path",
+        str(tmp_path / "runs"),
+    )
     assert "stage 1 epoch 1/1" in out
     assert json.loads((model / "model.json").read_text())["arch"] == "resnet18"
-    submit(address, env, "jobs/score.py", "--model", str(model), "--input", str(sample_dir / "test.csv"),
-           "--images", str(sample_dir / "images"), "--output", str(scores), "--tta-n", "2")
+    submit(
+        address,
+        env,
+        "jobs/score.py",
+        "--model",
+        str(model),
+        "--input",
+        str(sample_dir / "test.csv"),
+        "--images",
+        str(sample_dir / "images"),
+        "--output",
+        str(scores),
+        "--tta-n",
+        "2",
+    )
     predictions = pd.read_parquet(scores / "predictions")
     assert len(predictions) == 100 and predictions["path"].is_unique
     assert json.loads((scores / "summary.json").read_text())["scored"] == 100
+
+    # deploy/score-nightly.sh (what cron and systemd run) turns the job's outcome into exit codes a
+    # scheduler can act on: the output's lease held by another host's live run -> 75, bad input -> 2.
+    now = time.time()
+    lease = {"token": "t", "holder": "other-host:1", "run_id": "r", "since": now, "heartbeat": now + 600, "ttl": 60}
+    (scores / "_lease.json").write_text(json.dumps(lease))
+    nightly = ["--model", str(model), "--input", str(sample_dir / "images"), "--output", str(scores), "--incremental"]
+    script_env = {**env, "RAY_ADDRESS": address}
+    busy = subprocess.run(
+        [str(ROOT / "deploy" / "score-nightly.sh"), *nightly],
+        capture_output=True,
+        text=True,
+        env=script_env,
+        timeout=600,
+    )
+    assert busy.returncode == 75, (busy.stdout + busy.stderr)[-3000:]
+    assert "Busy: another run holds the output (run r on other-host:1" in busy.stdout
+    bad = subprocess.run(
+        [str(ROOT / "deploy" / "score-nightly.sh"), *nightly[:1], str(tmp_path / "nowhere"), *nightly[2:]],
+        capture_output=True,
+        text=True,
+        env=script_env,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "Error: model not found" in bad.stdout, (bad.stdout + bad.stderr)[-3000:]
 
 
 @pytest.mark.slow
@@ -154,7 +254,13 @@ cluster.shutdown()
 
 @pytest.mark.slow
 def test_local_paths_refused_on_a_multi_node_cluster(tmp_path):
-    r = subprocess.run([sys.executable, "-c", MULTI_NODE_SCRIPT], capture_output=True, text=True, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
-    assert "REFUSED: --output /tmp/local_out is a local path, but the Ray cluster has 2 nodes" in r.stdout, \
-        (r.stdout + r.stderr)[-3000:]
+    r = subprocess.run(
+        [sys.executable, "-c", MULTI_NODE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert "REFUSED: --output /tmp/local_out is a local path, but the Ray cluster has 2 nodes" in r.stdout, (
+        r.stdout + r.stderr
+    )[-3000:]

@@ -71,8 +71,13 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "fastai": fastai.__version__, "ray": ray.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "ray": ray.__version__,
+    }
 
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
@@ -81,9 +86,16 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
 
     model = model.eval().float().cpu()
     dummy = torch.zeros(2, 3, size, size)
-    torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-                      opset_version=17)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+        opset_version=17,
+    )
 
 
 def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
@@ -101,14 +113,28 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> None:
     # No quant_pre_process: the traced eval-mode graph has its BatchNorms folded already, and the
     # pre-pass cost every training run ~0.7 s (64 px) to ~3.4 s (224 px) for an int8 model of the
     # same speed and agreement with fp32 (BENCHMARKS.md).
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # per-channel quantization warns about every rank-1 (BatchNorm1d) weight
+    # ONNX Runtime's quantizer warns through the root logger (logging.warning) about every rank-1
+    # (BatchNorm1d) weight it quantizes per channel: noise for our users. Drop its warnings for the
+    # call without touching the root logger's level.
+    quiet = _BelowError()
+    logging.getLogger().addFilter(quiet)
     try:
-        quantize_static(str(fp32), str(out), Batches(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(fp32),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     finally:
-        root.setLevel(level)
+        logging.getLogger().removeFilter(quiet)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.ndarray]:
@@ -138,8 +164,7 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
         training_curves(pd.DataFrame(history), directory / CURVES_PNG)
         names.append(CURVES_PNG)
     files = {name: sha256_file(directory / name) for name in names}
-    final = {k: v for k, v in (history[-1] if history else {}).items()
-             if k not in HISTORY_FIELDS}
+    final = {k: v for k, v in (history[-1] if history else {}).items() if k not in HISTORY_FIELDS}
     normalize = None
     if recipe.normalize == "imagenet":
         from fastai.vision.core import imagenet_stats
@@ -151,10 +176,11 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
         "model_sha256": files[WEIGHTS],
         "arch": recipe.arch,
         "classes": list(classes),
-        "input": {"size": recipe.size, "resize_method": recipe.resize_method, "channels": 3,
-                  "normalize": normalize},
-        "augmentation": {k: getattr(recipe, k) for k in
-                         ("do_flip", "flip_vert", "max_rotate", "max_lighting", "max_warp", "max_zoom")},
+        "input": {"size": recipe.size, "resize_method": recipe.resize_method, "channels": 3, "normalize": normalize},
+        "augmentation": {
+            k: getattr(recipe, k)
+            for k in ("do_flip", "flip_vert", "max_rotate", "max_lighting", "max_warp", "max_zoom")
+        },
         "tta": {"n": recipe.tta_n, "beta": recipe.tta_beta},
         "metrics": final,
         "recipe": recipe.to_dict(),
@@ -272,15 +298,17 @@ def open_artifact(directory: str | Path, verify: Iterable[str] = (WEIGHTS,)) -> 
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path} is not valid JSON: {exc}") from exc
     if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{meta_path} has format_version {meta.get('format_version')}; "
-                         f"this vehicle_ray reads {FORMAT_VERSION}")
+        raise InputError(
+            f"{meta_path} has format_version {meta.get('format_version')}; this vehicle_ray reads {FORMAT_VERSION}"
+        )
     for name in verify:
         expected = meta["files"].get(name)
         if expected is None or not (d / name).is_file():
             raise InputError(f"model directory {directory} lacks {name}")
         if sha256_file(d / name) != expected:
-            raise InputError(f"{d / name} does not match the sha256 in {MODEL_JSON}: "
-                             "refusing a tampered or partial model")
+            raise InputError(
+                f"{d / name} does not match the sha256 in {MODEL_JSON}: refusing a tampered or partial model"
+            )
     return Artifact(directory=d, meta=meta)
 
 

@@ -30,8 +30,12 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
         if not os.environ.get("RAY_ADDRESS"):
             # address="local": always a new embedded cluster. A bare ray.init() would join the latest
             # `ray start` cluster on this machine instead, whoever started it.
-            kwargs = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
-                      "_system_config": {"enable_metrics_collection": False}}
+            kwargs = {
+                "address": "local",
+                "num_cpus": num_cpus,
+                "include_dashboard": False,
+                "_system_config": {"enable_metrics_collection": False},
+            }
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
             os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
@@ -50,4 +54,5 @@ def require_shared_path(path: str | None, flag: str) -> None:
     if path is not None and not is_uri(path) and alive_nodes() > 1:
         raise InputError(
             f"{flag} {path} is a local path, but the Ray cluster has {alive_nodes()} nodes that cannot all see it; "
-            "use a URI (s3://..., gs://...) or file:///path for a filesystem mounted on every node")
+            "use a URI (s3://..., gs://...) or file:///path for a filesystem mounted on every node"
+        )

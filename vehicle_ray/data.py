@@ -130,8 +130,11 @@ def check_file_names(names: pd.Series, csv: str | Path) -> None:
     if dups:
         raise InputError(f"{len(dups)} duplicate file names in {csv}: {_quote(dups)}")
     escaping = [
-        n for n in names
-        if is_uri(n) or n.startswith(("/", "\\")) or (len(n) > 1 and n[1] == ":")
+        n
+        for n in names
+        if is_uri(n)
+        or n.startswith(("/", "\\"))
+        or (len(n) > 1 and n[1] == ":")
         or posixpath.normpath(n.replace("\\", "/")).startswith("..")
     ]
     if escaping:
@@ -142,7 +145,7 @@ def missing_files(root: ImageRoot, names: list[str], chunk: int = 2000) -> list[
     """Names whose file does not exist under root (queried in chunks: one call per chunk on object stores)."""
     missing: list[str] = []
     for start in range(0, len(names), chunk):
-        part = names[start:start + chunk]
+        part = names[start : start + chunk]
         infos = root.fs.get_file_info([root.path(n) for n in part])
         missing += [n for n, info in zip(part, infos, strict=True) if info.type != pafs.FileType.File]
     return missing
@@ -168,8 +171,9 @@ def read_labeled_csv(
     root = open_root(images)
     missing = missing_files(root, items[FN].tolist())
     if missing:
-        raise InputError(f"{len(missing)} of {len(items)} images listed in {csv} do not exist under {images}: "
-                         f"{_quote(missing)}")
+        raise InputError(
+            f"{len(missing)} of {len(items)} images listed in {csv} do not exist under {images}: {_quote(missing)}"
+        )
     return LabeledSet(items=items.reset_index(drop=True), root=root, classes=classes)
 
 
@@ -188,5 +192,6 @@ def check_split(data: LabeledSet, train_idx: np.ndarray) -> None:
     """fastai builds the vocabulary from the training split: every class must appear there."""
     absent = sorted(set(data.classes) - set(data.items[LABEL].iloc[train_idx]))
     if absent:
-        raise InputError(f"classes {_quote(absent)} have no training images after the split; "
-                         "lower --valid-pct or add images")
+        raise InputError(
+            f"classes {_quote(absent)} have no training images after the split; lower --valid-pct or add images"
+        )

@@ -67,8 +67,10 @@ def test_callbacks_report_every_epoch_with_a_checkpoint_and_skips_resumed_epochs
         reports.append((metrics, files, state))
 
     position = Position()
-    cbs = [DataParallel(stage=0, world_size=1, device=dls.device),
-           RayTrainReport(rank=0, stage=0, skip_to=1, position=position, report=report)]
+    cbs = [
+        DataParallel(stage=0, world_size=1, device=dls.device),
+        RayTrainReport(rank=0, stage=0, skip_to=1, position=position, report=report),
+    ]
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(3, 1e-3, start_epoch=1, cbs=cbs)
     assert [m["epoch"] for m, _, _ in reports] == [2, 3]  # epoch 1 was skipped (resumed past it)

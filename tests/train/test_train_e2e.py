@@ -80,8 +80,16 @@ def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray
     from vehicle_ray.train.config import TrainOptions
     from vehicle_ray.train.driver import train
 
-    one = train(TrainOptions(csv=sample_dir / "train.csv", images=sample_dir / "images", out=tmp_path / "one",
-                             workers=1, storage_path=str(tmp_path / "runs")), load_recipe("tiny_cpu"))
+    one = train(
+        TrainOptions(
+            csv=sample_dir / "train.csv",
+            images=sample_dir / "images",
+            out=tmp_path / "one",
+            workers=1,
+            storage_path=str(tmp_path / "runs"),
+        ),
+        load_recipe("tiny_cpu"),
+    )
     two = json.loads((trained_model / MODEL_JSON).read_text())["metrics"]
     assert one.metrics["accuracy"] >= 0.85
     assert abs(one.metrics["accuracy"] - two["accuracy"]) <= 0.08
@@ -90,9 +98,27 @@ def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray
 def test_worker_crash_resumes_from_checkpoint_then_rerun_resumes_too(tmp_path):
     data = tmp_path / "data"
     write_sample_data(data, train=120, test=0, size=48, seed=5)  # small: this test is about control flow
-    args = ["train", "--csv", str(data / "train.csv"), "--images", str(data / "images"), "--size", "48",
-            "--config", "tiny_cpu", "--epochs", "3", "--workers", "2", "--storage-path", str(tmp_path / "runs"),
-            "--name", "crashy", "--max-failures", "1"]
+    args = [
+        "train",
+        "--csv",
+        str(data / "train.csv"),
+        "--images",
+        str(data / "images"),
+        "--size",
+        "48",
+        "--config",
+        "tiny_cpu",
+        "--epochs",
+        "3",
+        "--workers",
+        "2",
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--name",
+        "crashy",
+        "--max-failures",
+        "1",
+    ]
     r = run_cli(*args, "--out", str(tmp_path / "m"), env={"VEHICLE_RAY_FAIL_AFTER_EPOCH": "2"})
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
@@ -127,9 +153,19 @@ def test_lr_find_writes_plot_and_finite_suggestions(sample_dir, tmp_path, ray_lo
 
 
 def test_offline_pretrained_weights_error_names_the_ways_out(sample_dir, tmp_path):
-    r = run_cli("train", "--csv", str(sample_dir / "train.csv"), "--images", str(sample_dir / "images"),
-                "--config", "tiny_cpu", "--pretrained", "--out", str(tmp_path / "m"),
-                env={"TORCH_HOME": str(tmp_path / "empty_torch_cache")})
+    r = run_cli(
+        "train",
+        "--csv",
+        str(sample_dir / "train.csv"),
+        "--images",
+        str(sample_dir / "images"),
+        "--config",
+        "tiny_cpu",
+        "--pretrained",
+        "--out",
+        str(tmp_path / "m"),
+        env={"TORCH_HOME": str(tmp_path / "empty_torch_cache")},
+    )
     assert r.returncode == 2
     assert "--weights" in r.stderr and "--no-pretrained" in r.stderr
     assert "Traceback" not in r.stderr
@@ -148,8 +184,9 @@ def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
     fp32, int8 = onnx_forward(art.path(ONNX), 2), onnx_forward(art.path(ONNX_INT8), 2)
     plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
     files = sorted((sample_dir / "images").glob("*.jpg"))[:128]
-    images = TensorImage(torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size) for f in files]))
-                         .permute(0, 3, 1, 2))
+    images = TensorImage(
+        torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size) for f in files])).permute(0, 3, 1, 2)
+    )
     for pipeline in (plain, aug):
         x = torch.as_tensor(pipeline(images))
         p32, p8 = (torch.softmax(f(x), dim=-1) for f in (fp32, int8))

@@ -60,7 +60,7 @@ class EpochShard:
     def __call__(self) -> list[int]:
         perm = np.random.default_rng((self.seed, self.stage, self.epoch)).permutation(self.n)
         padded = np.resize(perm, self.shard_len * self.world_size)  # repeats the start to pad
-        return padded[self.rank::self.world_size].tolist()
+        return padded[self.rank :: self.world_size].tolist()
 
 
 def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdDL:
@@ -114,8 +114,14 @@ class RayTrainReport(Callback):
 
     order = Recorder.order + 10  # after Recorder: its final_record holds this epoch's losses and metrics
 
-    def __init__(self, rank: int, stage: int, skip_to: int, position: Position,
-                 report: Callable[[dict[str, Any], str | None], None]):
+    def __init__(
+        self,
+        rank: int,
+        stage: int,
+        skip_to: int,
+        position: Position,
+        report: Callable[[dict[str, Any], str | None], None],
+    ):
         self.rank, self.stage, self.skip_to, self.position, self._report = rank, stage, skip_to, position, report
 
     def before_epoch(self) -> None:
@@ -126,8 +132,13 @@ class RayTrainReport(Callback):
             return
         names = self.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
         metrics = {n: float(v) for n, v in zip(names, self.learn.final_record, strict=False)}
-        metrics.update(stage=self.stage + 1, epoch=self.epoch + 1, n_epochs=self.n_epoch,
-                       lr=float(self.opt.hypers[-1]["lr"]), seconds=round(time.perf_counter() - self._t0, 3))
+        metrics.update(
+            stage=self.stage + 1,
+            epoch=self.epoch + 1,
+            n_epochs=self.n_epoch,
+            lr=float(self.opt.hypers[-1]["lr"]),
+            seconds=round(time.perf_counter() - self._t0, 3),
+        )
         self.position.stage, self.position.epoch = self.stage, self.epoch + 1
         self.position.history.append(metrics)
         if self.rank == 0:
@@ -160,8 +171,9 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 def write_checkpoint(directory: Path, learn, position: Position) -> None:
     """Weights + optimizer state (fastai's save_model format) and the run position as JSON."""
     save_model(directory / WEIGHTS_FILE, unwrapped(learn.model), learn.opt, with_opt=True)
-    (directory / STATE_FILE).write_text(json.dumps(
-        {"stage": position.stage, "epoch": position.epoch, "history": position.history}))
+    (directory / STATE_FILE).write_text(
+        json.dumps({"stage": position.stage, "epoch": position.epoch, "history": position.history})
+    )
 
 
 def read_position(directory: Path) -> Position:

@@ -78,8 +78,9 @@ def _describe(resources: dict[str, float]) -> str:
 
 
 @contextmanager
-def resource_wait(opts: TrainOptions, per_worker: dict[str, float],
-                  cluster: dict[str, float]) -> Iterator[FailureConfig]:
+def resource_wait(
+    opts: TrainOptions, per_worker: dict[str, float], cluster: dict[str, float]
+) -> Iterator[FailureConfig]:
     """Ray Train's own wait for the worker group's placement group, bounded by --wait-for-resources.
 
     Ray Train V2 waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) per attempt and retries a timed-out
@@ -90,8 +91,10 @@ def resource_wait(opts: TrainOptions, per_worker: dict[str, float],
     missing = missing_resources(opts, per_worker, cluster)
     if missing:
         until = f"up to {opts.wait_for_resources:g}s" if opts.wait_for_resources else "until they appear"
-        logger.info(f"waiting for resources: {opts.workers} workers x {_describe(per_worker)} "
-                    f"(cluster has {_describe({k: cluster.get(k, 0) for k in per_worker})}); {until}")
+        logger.info(
+            f"waiting for resources: {opts.workers} workers x {_describe(per_worker)} "
+            f"(cluster has {_describe({k: cluster.get(k, 0) for k in per_worker})}); {until}"
+        )
     if opts.wait_for_resources is None:
         yield FailureConfig(max_failures=opts.max_failures)
         return
@@ -103,10 +106,12 @@ def resource_wait(opts: TrainOptions, per_worker: dict[str, float],
         if not isinstance(exc.controller_failure, (WorkerGroupStartupTimeoutError, InsufficientClusterResourcesError)):
             raise
         still = missing_resources(opts, per_worker, ray.cluster_resources()) or missing
-        raise InputError(f"gave up waiting for resources after {opts.wait_for_resources:g}s (--wait-for-resources): "
-                         f"{opts.workers} workers x {_describe(per_worker)} need "
-                         f"{', '.join(f'{k} {v:g}' for k, v in still.items()) or 'more than is free'}; "
-                         f"the cluster has {_describe(ray.cluster_resources())}") from None
+        raise InputError(
+            f"gave up waiting for resources after {opts.wait_for_resources:g}s (--wait-for-resources): "
+            f"{opts.workers} workers x {_describe(per_worker)} need "
+            f"{', '.join(f'{k} {v:g}' for k, v in still.items()) or 'more than is free'}; "
+            f"the cluster has {_describe(ray.cluster_resources())}"
+        ) from None
     finally:
         if saved is None:
             os.environ.pop(WORKER_GROUP_START_TIMEOUT_ENV, None)
@@ -132,29 +137,40 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
     require_shared_path(opts.storage_path or "~/ray_results", "--storage-path")
     require_shared_path(str(opts.out), "--out")
     cpus = cpus_per_worker(opts, resources)
-    cfg = WorkerConfig(data=data, recipe=recipe, valid_idx=valid_idx, threads=max(1, int(cpus)),
-                       fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")))
+    cfg = WorkerConfig(
+        data=data,
+        recipe=recipe,
+        valid_idx=valid_idx,
+        threads=max(1, int(cpus)),
+        fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")),
+    )
     from ray.train.torch import TorchTrainer  # imports torch (Ray's TorchConfig): only once training starts
 
     run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
     per_worker = worker_resources(opts, cpus)
-    logger.info(f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
-                f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}; run {run_name}")
+    logger.info(
+        f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
+        f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}; run {run_name}"
+    )
     with resource_wait(opts, per_worker, resources) as failure_config:
         trainer = TorchTrainer(
             run_worker,
-            train_loop_config={"worker_config": pickle.dumps(cfg),
-                               "weights_ref": ray.put(state_dict) if state_dict is not None else None},
-            scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.use_gpu,
-                                         resources_per_worker={"CPU": cpus}),
+            train_loop_config={
+                "worker_config": pickle.dumps(cfg),
+                "weights_ref": ray.put(state_dict) if state_dict is not None else None,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker={"CPU": cpus}
+            ),
             run_config=RunConfig(
                 name=run_name,
                 storage_path=opts.storage_path,
                 failure_config=failure_config,
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 callbacks=[EpochPrinter(recipe.metrics)],
-                logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None
-                                             else BOUNDED_WAIT_LOG_LEVEL),
+                logging_config=LoggingConfig(
+                    log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None else BOUNDED_WAIT_LOG_LEVEL
+                ),
             ),
         )
         result = trainer.fit()

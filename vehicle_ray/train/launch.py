@@ -39,5 +39,6 @@ class EpochPrinter(UserCallback):
             return
         use_cli_logging()
         shown = " ".join(f"{k}={m[k]:.4f}" for k in ("train_loss", "valid_loss", *self.metric_names) if k in m)
-        logger.info(f"stage {m['stage']} epoch {m['epoch']}/{m['n_epochs']} {shown} lr={m['lr']:.2e} "
-                    f"time={m['seconds']:.1f}s")
+        logger.info(
+            f"stage {m['stage']} epoch {m['epoch']}/{m['n_epochs']} {shown} lr={m['lr']:.2e} time={m['seconds']:.1f}s"
+        )

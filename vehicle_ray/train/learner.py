@@ -56,8 +56,12 @@ def recipe_metrics(recipe: Recipe) -> list:
 def augment_transforms(recipe: Recipe) -> list[Transform]:
     """The batch transforms of training: fastai's aug_transforms from the recipe's knobs, then Normalize."""
     tfms = aug_transforms(
-        do_flip=recipe.do_flip, flip_vert=recipe.flip_vert, max_rotate=recipe.max_rotate,
-        max_lighting=recipe.max_lighting, max_warp=recipe.max_warp, max_zoom=recipe.max_zoom,
+        do_flip=recipe.do_flip,
+        flip_vert=recipe.flip_vert,
+        max_rotate=recipe.max_rotate,
+        max_lighting=recipe.max_lighting,
+        max_warp=recipe.max_warp,
+        max_zoom=recipe.max_zoom,
     )
     if recipe.normalize == "imagenet":
         tfms.append(Normalize.from_stats(*imagenet_stats))
@@ -102,9 +106,7 @@ def pretrained_state_dict(recipe: Recipe) -> dict[str, torch.Tensor] | None:
         ) from exc
 
 
-def build_learner(
-    dls: DataLoaders, recipe: Recipe, state_dict: dict[str, torch.Tensor] | None = None
-) -> Learner:
+def build_learner(dls: DataLoaders, recipe: Recipe, state_dict: dict[str, torch.Tensor] | None = None) -> Learner:
     """fastai vision_learner for the recipe, with `state_dict` (torchvision layout) loaded into its body.
 
     Normalisation is part of the DataBlock (augment_transforms), so vision_learner must not add its own.

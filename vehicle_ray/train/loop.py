@@ -19,6 +19,7 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import numpy as np
 import ray
 import ray.train
+import ray.train.v2._internal.execution.context as ray_train_context
 import torch
 from fastai.data.core import DataLoaders
 from fastai.learner import load_model
@@ -56,9 +57,9 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     """Ray Train per-worker loop: fastai's own loop per stage, with the callbacks of callback.py attached.
     `weights_ref`: the pretrained state_dict in the object store (None: no pretrained weights)."""
     # LoggingConfig's level reaches Ray Train's `ray.train.*` loggers only; its per-report "Reporting
-    # training result" INFO line comes from a logger named by file path and would reach the console
-    # through the root logger, so that gets the same level.
-    logging.getLogger().setLevel(TRAIN_LOG_LEVEL)
+    # training result" INFO line comes from a logger named by that module's file path, so that one
+    # logger gets the same level (the root logger is left alone).
+    logging.getLogger(ray_train_context.__file__).setLevel(TRAIN_LOG_LEVEL)
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -81,8 +82,10 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             load_model(Path(d) / WEIGHTS_FILE, learn.model, learn.opt, device=device)
         resumed = True
         if rank == 0:
-            logger.info(f"resumed from checkpoint: stage {position.stage + 1}, epoch {position.epoch} done "
-                        f"({len(position.history)} epochs in history)")
+            logger.info(
+                f"resumed from checkpoint: stage {position.stage + 1}, epoch {position.epoch} done "
+                f"({len(position.history)} epochs in history)"
+            )
     failure = cfg.fail_after_epoch and not resumed and rank == world_size - 1
     with learn.no_bar(), learn.no_logging():
         for i, stage in enumerate(recipe.effective_stages()):

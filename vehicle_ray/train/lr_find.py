@@ -52,8 +52,15 @@ def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfroz
     return {k: float(v) for k, v in found._asdict().items()}, buf.getvalue()
 
 
-def find_lr(csv: str | Path, images: str | Path, out: str | Path | None, recipe: Recipe,
-            fn_col: str | int = 0, label_col: str | int = 1, unfrozen: bool = False) -> LrSuggestions:
+def find_lr(
+    csv: str | Path,
+    images: str | Path,
+    out: str | Path | None,
+    recipe: Recipe,
+    fn_col: str | int = 0,
+    label_col: str | int = 1,
+    unfrozen: bool = False,
+) -> LrSuggestions:
     """Run lr_find in one Ray task; write lr_find.png and lr_find.json to `out` when given."""
     from vehicle_ray.train.learner import pretrained_state_dict
 
