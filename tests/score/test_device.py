@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.score.specs import model_spec
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.model import ONNX_ON_GPU, pass_files, resolve_model
 from vehicle_ray.score.options import ScoreOptions
@@ -192,38 +193,20 @@ def test_gpu_precision_by_capability(capability, dtype, name):
     assert gpu_precision(capability) == name
 
 
-def spec_for(tmp_name: str = "m"):
-    from vehicle_ray.score.model import ModelSpec
-
-    return ModelSpec(
-        source=tmp_name,
-        directory=Path(tmp_name),
-        allow_pickle=False,
-        classes=["a", "b"],
-        size=64,
-        resize_method="squish",
-        model_id="m",
-        model_sha256="0",
-        tta_defaults=TTASettings(),
-        has_onnx=True,
-        has_int8=True,
-    )
-
-
 def test_a_gpu_actor_records_the_precision_it_ran():
-    planned = tta_settings(spec_for(), ScoreOptions(gpus_per_actor=1))
+    planned = tta_settings(model_spec(), ScoreOptions(gpus_per_actor=1))
     assert (planned.plain_precision, planned.aug_precision) == ("bf16", "bf16")
     t4 = ran_precisions(planned, gpu_precision((7, 5)))
     assert (t4.plain_precision, t4.aug_precision) == ("fp16", "fp16")
     assert t4.as_columns()["tta_plain_precision"] == "fp16"
-    no_tta = ran_precisions(tta_settings(spec_for(), ScoreOptions(gpus_per_actor=1, no_tta=True)), "fp16")
+    no_tta = ran_precisions(tta_settings(model_spec(), ScoreOptions(gpus_per_actor=1, no_tta=True)), "fp16")
     assert (no_tta.plain_precision, no_tta.aug_precision) == ("fp16", "none")
-    cpu = tta_settings(spec_for(), ScoreOptions())  # CPU plans are untouched: int8 / fp32 as before
+    cpu = tta_settings(model_spec(), ScoreOptions())  # CPU plans are untouched: int8 / fp32 as before
     assert (cpu.plain_precision, cpu.aug_precision) == ("int8", "int8")
 
 
 def test_the_summary_records_what_the_actors_ran():
-    planned = tta_settings(spec_for(), ScoreOptions(gpus_per_actor=1))
+    planned = tta_settings(model_spec(), ScoreOptions(gpus_per_actor=1))
     assert recorded_tta(planned, {}) == planned  # nothing scored: the plan
     one = recorded_tta(planned, {"tta_plain_precision": {"fp16"}, "tta_aug_precision": {"fp16"}})
     assert (one.plain_precision, one.aug_precision) == ("fp16", "fp16")
@@ -232,26 +215,28 @@ def test_the_summary_records_what_the_actors_ran():
 
 
 def test_the_log_line_says_gpu_precision_is_chosen_by_capability():
-    assert describe_precisions(tta_settings(spec_for(), ScoreOptions(gpus_per_actor=0.5))) == (
+    assert describe_precisions(tta_settings(model_spec(), ScoreOptions(gpus_per_actor=0.5))) == (
         "bf16 or fp16 by GPU capability"
     )
-    assert describe_precisions(tta_settings(spec_for(), ScoreOptions())) == "int8"
-    assert describe_precisions(tta_settings(spec_for(), ScoreOptions(emit_plain=True))) == "plain fp32, augmented int8"
+    assert describe_precisions(tta_settings(model_spec(), ScoreOptions())) == "int8"
+    assert (
+        describe_precisions(tta_settings(model_spec(), ScoreOptions(emit_plain=True))) == "plain fp32, augmented int8"
+    )
 
 
 @pytest.mark.parametrize("backend, gpus", [("onnx", 1.0), ("onnx", 0.5)])
 def test_onnx_on_gpu_actors_is_bad_usage(backend, gpus):
     opts = ScoreOptions(backend=backend, gpus_per_actor=gpus)
     with pytest.raises(InputError, match="--backend onnx runs on CPU actors; use --backend torch"):
-        tta_settings(spec_for(), opts)
+        tta_settings(model_spec(), opts)
     with pytest.raises(InputError, match="--backend onnx runs on CPU actors"):
-        pass_files(spec_for(), TTASettings(aug_precision="bf16", plain_precision="bf16"), backend, True)
+        pass_files(model_spec(), TTASettings(aug_precision="bf16", plain_precision="bf16"), backend, True)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_gpu_actors_run_torch_weights(backend):
-    tta = tta_settings(spec_for(), ScoreOptions(backend=backend, gpus_per_actor=1))
-    assert pass_files(spec_for(), tta, backend, True) == ("model.safetensors", "model.safetensors")
+    tta = tta_settings(model_spec(), ScoreOptions(backend=backend, gpus_per_actor=1))
+    assert pass_files(model_spec(), tta, backend, True) == ("model.safetensors", "model.safetensors")
 
 
 def test_the_cli_refuses_onnx_on_gpu_actors_in_one_line_before_ray(artifact, tmp_path, monkeypatch):

@@ -4,31 +4,12 @@ The invariant that matters most: on the fixed (embedded) cluster the actor pool 
 CPU, because Ray Data's decode tasks would then wait forever (a deadlock, not an error).
 """
 
-from pathlib import Path
-
 import pytest
 
+from tests.score.specs import model_spec
 from vehicle_ray.errors import InputError
-from vehicle_ray.score.model import ModelSpec
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.planning import MIN_READ_AHEAD_BYTES, plan_resources, read_ahead_bytes, tta_settings
-from vehicle_ray.score.tta import TTASettings
-
-
-def spec(has_int8: bool = True, n: int = 4, beta: float = 0.25) -> ModelSpec:
-    return ModelSpec(
-        source="m",
-        directory=Path("m"),
-        allow_pickle=False,
-        classes=["a", "b"],
-        size=64,
-        resize_method="squish",
-        model_id="m",
-        model_sha256="0",
-        tta_defaults=TTASettings(n, beta),
-        has_onnx=True,
-        has_int8=has_int8,
-    )
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 7, 8, 16, 64, 96])
@@ -119,19 +100,19 @@ def test_read_ahead_has_a_floor_and_grows_with_actors_and_size():
 
 def test_tta_comes_from_the_model_unless_overridden():
     """Zero is an override too (not "unset"): tta_beta=0.0 must not fall back to model.json's."""
-    s = tta_settings(spec(n=6, beta=0.5), ScoreOptions())
+    s = tta_settings(model_spec(n=6, beta=0.5), ScoreOptions())
     assert (s.n, s.beta, s.use_max) == (6, 0.5, False)
-    s = tta_settings(spec(n=6, beta=0.5), ScoreOptions(tta_n=2, tta_beta=0.0, tta_max=True))
+    s = tta_settings(model_spec(n=6, beta=0.5), ScoreOptions(tta_n=2, tta_beta=0.0, tta_max=True))
     assert (s.n, s.beta, s.use_max) == (2, 0.0, True)
 
 
 def test_no_tta_is_the_plain_pass_only_whatever_else_is_asked():
-    s = tta_settings(spec(has_int8=False), ScoreOptions(no_tta=True, tta_n=8, tta_precision="int8"))
+    s = tta_settings(model_spec(has_int8=False), ScoreOptions(no_tta=True, tta_n=8, tta_precision="int8"))
     assert (s.n, s.beta, s.aug_precision, s.plain_precision) == (0, 1.0, "none", "fp32")
 
 
 def test_a_model_whose_default_is_no_tta_runs_full_precision():
-    s = tta_settings(spec(n=0), ScoreOptions())
+    s = tta_settings(model_spec(n=0), ScoreOptions())
     assert (s.n, s.aug_precision, s.plain_precision) == (0, "none", "fp32")
 
 
@@ -140,9 +121,9 @@ def test_a_model_whose_default_is_no_tta_runs_full_precision():
 )
 def test_int8_is_refused_where_it_cannot_run(opts):
     with pytest.raises(InputError, match="int8"):
-        tta_settings(spec(has_int8=True), opts)
+        tta_settings(model_spec(has_int8=True), opts)
 
 
 def test_full_precision_on_gpu_is_bf16_even_with_an_int8_model():
-    s = tta_settings(spec(has_int8=True), ScoreOptions(tta_precision="full", gpus_per_actor=1))
+    s = tta_settings(model_spec(has_int8=True), ScoreOptions(tta_precision="full", gpus_per_actor=1))
     assert (s.plain_precision, s.aug_precision) == ("bf16", "bf16")

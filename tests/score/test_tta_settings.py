@@ -1,30 +1,11 @@
 """Which model each TTA pass runs on (no Ray: the choice is made on the driver)."""
 
-from pathlib import Path
-
 import pytest
 
+from tests.score.specs import model_spec
 from vehicle_ray.errors import InputError
-from vehicle_ray.score.model import ModelSpec
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.planning import tta_settings
-from vehicle_ray.score.tta import TTASettings
-
-
-def spec(has_int8: bool = True) -> ModelSpec:
-    return ModelSpec(
-        source="m",
-        directory=Path("m"),
-        allow_pickle=False,
-        classes=["a", "b"],
-        size=64,
-        resize_method="squish",
-        model_id="m",
-        model_sha256="0",
-        tta_defaults=TTASettings(),
-        has_onnx=True,
-        has_int8=has_int8,
-    )
 
 
 @pytest.mark.parametrize(
@@ -41,10 +22,10 @@ def spec(has_int8: bool = True) -> ModelSpec:
     ],
 )
 def test_pass_precisions(opts, has_int8, plain, aug):
-    settings = tta_settings(spec(has_int8), opts)
+    settings = tta_settings(model_spec(has_int8), opts)
     assert (settings.plain_precision, settings.aug_precision) == (plain, aug)
 
 
 def test_int8_where_it_cannot_run_is_bad_usage():
     with pytest.raises(InputError, match="--tta-precision int8 needs"):
-        tta_settings(spec(has_int8=False), ScoreOptions(tta_precision="int8"))
+        tta_settings(model_spec(has_int8=False), ScoreOptions(tta_precision="int8"))
