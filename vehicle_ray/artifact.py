@@ -52,6 +52,7 @@ ONNX_INT8 = "model.int8.onnx"
 CALIBRATION_IMAGES = 128
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
+ARTIFACT_FILES = (MODEL_JSON, EXPORT_PKL, WEIGHTS, ONNX, ONNX_INT8, METRICS_CSV, CURVES_PNG)
 FORMAT_VERSION = 1
 PUBLISH_EXIT_AFTER_ENV = "VEHICLE_RAY_TEST_PUBLISH_EXIT_AFTER"  # test-only: die after N object writes of a publish
 PUBLISH_EXIT_CODE = 86
@@ -247,8 +248,12 @@ def _publish_uri(source: Path, out: str, overwrite: bool) -> None:
         _publish_step()
     if fs.get_file_info(posixpath.join(base, MODEL_JSON)).type == pafs.FileType.File:
         fs.delete_file(posixpath.join(base, MODEL_JSON))
-    if fs.get_file_info(base).type == pafs.FileType.Directory:
-        fs.delete_dir_contents(base, missing_dir_ok=True)
+    if overwrite and fs.get_file_info(base).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(base, missing_dir_ok=True)  # --overwrite replaces the whole location
+    elif fs.get_file_info(base).type == pafs.FileType.Directory:  # an interrupted publish's files only
+        for info in fs.get_file_info(pafs.FileSelector(base)):
+            if info.type == pafs.FileType.File and posixpath.basename(info.path) in {*ordered, *ARTIFACT_FILES}:
+                fs.delete_file(info.path)
     for n in ordered:
         fs.copy_file(posixpath.join(staging, n), posixpath.join(base, n))
         _publish_step()

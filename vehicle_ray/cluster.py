@@ -9,6 +9,8 @@ import ray
 from vehicle_ray.data import is_uri
 from vehicle_ray.errors import InputError
 
+NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: refuses at once, never a State API
+
 
 def init_ray(num_cpus: int | None = None) -> dict[str, float]:
     """ray.init() that connects to RAY_ADDRESS when set and otherwise starts an embedded single-node
@@ -35,6 +37,14 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
                 "num_cpus": num_cpus,
                 "include_dashboard": False,
                 "_system_config": {"enable_metrics_collection": False},
+                # Ray Train's placement-group cleaner asks the State API whether the Train controller
+                # still lives. Without an address it finds one on its own: RAY_ADDRESS, else the latest
+                # `ray start` cluster on this machine (/tmp/ray/ray_current_cluster), i.e. possibly
+                # somebody else's, where our controller does not exist; it then removed our placement
+                # group and killed the training (seen with a `ray start --head` running beside us).
+                # The embedded cluster has no dashboard, so its State API is an address that answers
+                # nothing: the cleaner keeps waiting, and the whole cluster ends with the driver anyway.
+                "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": NO_API_SERVER}},
             }
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")

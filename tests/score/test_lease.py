@@ -9,7 +9,7 @@ import time
 import pytest
 
 from vehicle_ray.errors import TryLater
-from vehicle_ray.score.lease import LEASE_FILE, Lease, LocalLeaseBackend
+from vehicle_ray.score.lease import LEASE_FILE, Lease, LocalLeaseBackend, pid_space
 
 
 def backend(tmp_path):
@@ -43,12 +43,9 @@ def test_waiting_writer_gets_the_lease_when_it_is_released(tmp_path):
     second.release()
 
 
-def _write_lease(path, holder, heartbeat, ttl=120.0):
-    path.write_text(
-        json.dumps(
-            {"token": "t0", "holder": holder, "run_id": "old", "since": heartbeat, "heartbeat": heartbeat, "ttl": ttl}
-        )
-    )
+def _write_lease(path, holder, heartbeat, ttl=120.0, space=""):
+    record = {"token": "t0", "holder": holder, "run_id": "old", "since": heartbeat, "heartbeat": heartbeat, "ttl": ttl}
+    path.write_text(json.dumps({**record, "pid_space": space} if space else record))
 
 
 def test_stale_heartbeat_is_taken_over(tmp_path):
@@ -67,10 +64,41 @@ def test_fresh_lease_of_another_host_is_respected(tmp_path):
 def test_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _write_lease(tmp_path / LEASE_FILE, f"{socket.gethostname()}:{dead.pid}", heartbeat=time.time())
+    holder = f"{socket.gethostname()}:{dead.pid}"
+    _write_lease(tmp_path / LEASE_FILE, holder, heartbeat=time.time(), space=pid_space())
     with Lease(backend(tmp_path), "run-b") as lease:
         lease.acquire()
         assert json.loads((tmp_path / LEASE_FILE).read_text())["run_id"] == "run-b"
+
+
+def test_a_dead_looking_pid_in_another_pid_namespace_is_not_taken_over(tmp_path):
+    """Containers on one host (--net=host) share the host name but not PIDs: wait for the TTL."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = f"{socket.gethostname()}:{dead.pid}"
+    _write_lease(tmp_path / LEASE_FILE, holder, heartbeat=time.time(), space="other-boot/4026531836")
+    with pytest.raises(TryLater):
+        Lease(backend(tmp_path), "run-b").acquire(wait=0)
+
+
+def test_a_store_hiccup_in_the_heartbeat_is_retried_but_a_silent_lease_blocks_commits(tmp_path):
+    lease = Lease(backend(tmp_path), "run-a", ttl=0.4)
+    lease.acquire()
+    real_swap, calls = lease.backend.swap, []
+
+    def failing_swap(record, version):
+        calls.append(1)
+        raise OSError("store unavailable")
+
+    lease.backend.swap = failing_swap
+    time.sleep(0.6)  # heartbeats fail, the thread keeps going, the lease is not confirmed any more
+    assert len(calls) >= 2 and lease._thread.is_alive()
+    with pytest.raises(RuntimeError, match="not been confirmed"):
+        lease.check()
+    lease.backend.swap = real_swap
+    time.sleep(0.5)
+    lease.check()  # confirmed again
+    lease.release()
 
 
 def test_heartbeat_refreshes_and_a_taken_over_lease_is_noticed(tmp_path):

@@ -53,6 +53,8 @@ from vehicle_ray.score.tta import TTASettings
 
 logger = logging.getLogger(__name__)
 
+ACTOR_INIT_DEATHS = 3  # a node lost while an actor loads the model; Ray Data's default 0 fails the run
+
 
 @dataclass
 class ScoreSummary:
@@ -189,6 +191,8 @@ def _dataset(
     # on a changing cluster needs, so they are kept deliberately: a decode task lost with its node
     # is retried (tasks: max_retries=-1), a killed actor is restarted and its batch resubmitted
     # (actor pool: max_restarts=-1, max_task_retries=-1). _SeenPaths checks that no row comes twice.
+    # An actor lost while it loads the model is replaced too (max_consecutive_actor_init_deaths,
+    # set in _configure_data_context), a few times in a row, so a broken model still fails the run.
     ds = ds.map_batches(
         decode_batch,
         batch_size=opts.batch_size,
@@ -227,6 +231,7 @@ def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, ela
     ctx.enable_progress_bars = os.environ.get(DATA_PROGRESS_ENV) == "1"
     wait = opts.wait_for_resources or (600.0 if elastic else -1)
     ctx.wait_for_min_actors_s = wait
+    ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
     return wait
 
 
@@ -261,6 +266,8 @@ def _score_in_chunks(
         committed.append(record)
         errors += record.errors
 
+    if elastic:
+        _wait_for_first_actor(plan, wait)
     ds = _dataset(store, manifest, root, spec, tta, plan, opts)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
@@ -273,20 +280,44 @@ def _score_in_chunks(
                 commit(rows.slice(0, opts.commit_every))
                 pending = [rows.slice(opts.commit_every)]
             progress.update(seen.count, errors + sum(_error_count(t) for t in pending), len(committed))
-    except ray.exceptions.GetTimeoutError as exc:
+    except ray.exceptions.GetTimeoutError as exc:  # Ray Data's own wait, should the cluster shrink meanwhile
         if "starting actors" not in str(exc):
             raise
-        raise InputError(
-            f"no model actor could start within {wait:g}s: no node can place {plan.cpus_per_actor:g} "
-            f"CPU{f' + {plan.gpus_per_actor:g} GPU' if plan.gpus_per_actor else ''} per actor "
-            "(check the cluster's node types, or --wait-for-resources)"
-        ) from None
+        raise InputError(_no_actor_message(plan, wait)) from None
     rest = pa.concat_tables(pending) if pending else None
     if rest is not None and rest.num_rows:
         commit(rest)
     progress.update(seen.count, errors, len(committed))
     progress.close()
     return committed
+
+
+def _actor_bundle(plan: Plan) -> dict[str, float]:
+    return {"CPU": plan.cpus_per_actor, **({"GPU": plan.gpus_per_actor} if plan.gpus_per_actor else {})}
+
+
+def _no_actor_message(plan: Plan, wait: float) -> str:
+    return (
+        f"no model actor could start within {wait:g}s: no node can place {_actor_bundle(plan)} "
+        f"(cluster now: {ray.available_resources()}); check the cluster's node types, or --wait-for-resources"
+    )
+
+
+def _wait_for_first_actor(plan: Plan, wait: float) -> None:
+    """On a cluster we joined, ask for one actor's resources before starting the pipeline: a
+    placement group is demand the autoscaler acts on, and one that cannot be placed within `wait`
+    seconds becomes one clear line instead of Ray Data's internal-error traceback."""
+    pg = ray.util.placement_group([_actor_bundle(plan)])
+    try:
+        if not pg.wait(timeout_seconds=0.5):
+            logger.info(
+                f"waiting up to {wait:g}s for a node that can run a model actor: {_actor_bundle(plan)} "
+                f"(cluster now: {ray.available_resources()})"
+            )
+            if not pg.wait(timeout_seconds=wait):
+                raise InputError(_no_actor_message(plan, wait))
+    finally:
+        ray.util.remove_placement_group(pg)
 
 
 def _error_count(rows: pa.Table) -> int:

@@ -45,12 +45,14 @@ class LeaseRecord:
     since: float
     heartbeat: float
     ttl: float
+    pid_space: str = ""  # boot id + PID namespace of the holder: where its pid means something
 
     def stale(self, now: float) -> bool:
-        """Its heartbeat is older than the TTL, or its process is gone from this very host (a run
-        killed here a minute ago need not be waited for)."""
-        host, _, pid = self.holder.rpartition(":")
-        return now - self.heartbeat > self.ttl or (host == socket.gethostname() and not _alive(int(pid)))
+        """Its heartbeat is older than the TTL, or its process is gone from this very machine and PID
+        namespace (a run killed here a minute ago need not be waited for; a container that shares
+        the host name but not the PID namespace is not mistaken for dead)."""
+        pid = int(self.holder.rpartition(":")[2])
+        return now - self.heartbeat > self.ttl or (self.pid_space == pid_space() != "" and not _alive(pid))
 
     def encode(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -63,6 +65,15 @@ class LeaseBackend(Protocol):
     def create(self, record: LeaseRecord) -> bool: ...
     def swap(self, record: LeaseRecord, expected_version: str) -> bool: ...
     def delete(self, expected_version: str) -> None: ...
+
+
+def pid_space() -> str:
+    """This machine's boot id and this process's PID namespace ("" where /proc does not tell)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -91,12 +102,16 @@ class LocalLeaseBackend:
         return record, record.token + str(record.heartbeat)
 
     def create(self, record: LeaseRecord) -> bool:
+        """Written completely under a temp name, then linked into place (atomic, fails if it exists):
+        a reader never sees an empty or half-written lease."""
+        tmp = self.path.with_suffix(f".{record.token}.tmp")
+        tmp.write_bytes(record.encode())
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(record.encode())
+        finally:
+            tmp.unlink()
         return True
 
     def swap(self, record: LeaseRecord, expected_version: str) -> bool:
@@ -207,9 +222,11 @@ class Lease:
             since=now,
             heartbeat=now,
             ttl=ttl,
+            pid_space=pid_space(),
         )
         self.version: str | None = None
         self.lost: str | None = None
+        self._refreshed = time.monotonic()  # the last time the store confirmed the lease is ours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -234,7 +251,8 @@ class Lease:
         """None when acquired; otherwise the live holder's record."""
         if self.backend.create(self.record):
             self.version = self._version_of_mine()
-            return None
+            if self.version is not None:
+                return None
         current = self.backend.read()
         if current is None:  # released between our create and read: try again at once
             return self._try_acquire()
@@ -247,7 +265,8 @@ class Lease:
                 f"(heartbeat {time.time() - held.heartbeat:.0f}s ago)"
             )
             self.version = self._version_of_mine()
-            return None
+            if self.version is not None:
+                return None
         return self._try_acquire()  # someone else changed it first: look again
 
     def _fresh(self) -> LeaseRecord:
@@ -259,16 +278,33 @@ class Lease:
         return current[1] if current is not None and current[0].token == self.record.token else None
 
     def _heartbeat(self) -> None:
+        """Refresh every TTL/4. A failed refresh (a store hiccup) is retried at the next beat; a
+        refused one means someone else holds the lease now."""
         while not self._stop.wait(self.ttl / 4):
-            if self.version is None or not self.backend.swap(self._fresh(), self.version):
+            try:
+                swapped = self.version is not None and self.backend.swap(self._fresh(), self.version)
+                if swapped:
+                    self.version = self._version_of_mine()
+                    self._refreshed = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - any store error: try again at the next beat
+                logger.warning(f"could not refresh the output's lease ({type(exc).__name__}: {exc}); retrying")
+                continue
+            if not swapped or self.version is None:
                 self.lost = "the lease was taken over by another run (this run stalled beyond its TTL)"
                 logger.warning(f"lease lost: {self.lost}")
                 return
-            self.version = self._version_of_mine()
 
     def check(self) -> None:
+        """Before every commit: the lease must be ours and confirmed within half its TTL, so that a
+        run that stalled (or whose heartbeat could not reach the store) never commits over a run
+        that took the lease over meanwhile."""
         if self.lost:
             raise RuntimeError(f"stopping before the next commit: {self.lost}")
+        if self.version is None or time.monotonic() - self._refreshed > self.ttl / 2:
+            raise RuntimeError(
+                "stopping before the next commit: the output's lease has not been confirmed for "
+                f"{time.monotonic() - self._refreshed:.0f}s (TTL {self.ttl:g}s)"
+            )
 
     def release(self) -> None:
         self._stop.set()

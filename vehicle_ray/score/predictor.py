@@ -225,6 +225,13 @@ def _artifact_forwards(
     `use_gpu` is the plan's."""
     plain, aug = pass_files(spec, tta, backend, use_gpu)
     art = open_artifact(directory, verify={plain, aug})
+    if art.meta["model_sha256"] != spec.model_sha256 or art.classes != spec.classes:
+        # an actor that (re)started later downloads the model again: a model republished at the same
+        # URI meanwhile must not score rows that are recorded under the run's model id
+        raise RuntimeError(
+            f"the model at {spec.source} changed since this run started ({spec.model_id} -> "
+            f"{art.meta['model_id']}); rerun to score with the new model"
+        )
     forwards = {
         name: _torch_forward(load_torch_model(art), device, dtype)
         if name == WEIGHTS

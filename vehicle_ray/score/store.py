@@ -217,7 +217,9 @@ class OutputStore:
 
     def clear(self) -> None:
         """--overwrite: forget every earlier run."""
-        for kind in (*KINDS, RUNS, STAGING, INDEX_DIR):
+        # the commit records first: a crash midway leaves data files without records, which
+        # `recover` deletes, never records (or a done-index) that name deleted data
+        for kind in (RUNS, INDEX_DIR, STAGING, *KINDS):
             if self.fs.get_file_info(self.path(kind)).type == pafs.FileType.Directory:
                 self.fs.delete_dir(self.path(kind))
         if self._exists(SUMMARY):
