@@ -67,6 +67,23 @@ def rss_sampler(stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.5)
 
 
+def score_cmd(model: Path, images: Path, out: Path, *flags: str) -> list[str]:
+    """The `vehicle-ray score` command line every measurement here runs."""
+    return [
+        sys.executable,
+        "-m",
+        "vehicle_ray.cli",
+        "score",
+        "--model",
+        str(model),
+        "--input",
+        str(images),
+        "--output",
+        str(out),
+        *flags,
+    ]
+
+
 def timed(cmd: list[str], measure_memory: bool = False) -> tuple[float, int]:
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=rss_sampler, args=(stop, peak), daemon=True)
@@ -88,22 +105,7 @@ def timings(args, work: Path, images: Path, model: Path) -> dict:
     bounds: list[float] = []
     for i in range(args.repeats):
         out = work / f"out{i}"
-        walls["vehicle_ray"].append(
-            timed(
-                [
-                    py,
-                    "-m",
-                    "vehicle_ray.cli",
-                    "score",
-                    "--model",
-                    str(model),
-                    "--input",
-                    str(images),
-                    "--output",
-                    str(out),
-                ]
-            )[0]
-        )
+        walls["vehicle_ray"].append(timed(score_cmd(model, images, out))[0])
         walls["fastai_tta"].append(
             timed([py, str(HERE / "plain_fastai_tta.py"), str(model), str(images), str(args.threads)])[0]
         )
@@ -135,24 +137,7 @@ def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
     walls: dict[str, list[float]] = {"chunked": [], "single": []}
     for i in range(max(1, args.repeats)):
         for label, every in (("chunked", args.commits), ("single", 10**9)):
-            walls[label].append(
-                timed(
-                    [
-                        sys.executable,
-                        "-m",
-                        "vehicle_ray.cli",
-                        "score",
-                        "--model",
-                        str(model),
-                        "--input",
-                        str(images),
-                        "--output",
-                        str(work / f"c{label}{i}"),
-                        "--commit-every",
-                        str(every),
-                    ]
-                )[0]
-            )
+            walls[label].append(timed(score_cmd(model, images, work / f"c{label}{i}", "--commit-every", str(every)))[0])
         print(
             f"repeat {i + 1}: commit every {args.commits}: {walls['chunked'][-1]:.1f}s, "
             f"one commit: {walls['single'][-1]:.1f}s",
@@ -182,7 +167,6 @@ def main() -> None:
     make_model(work, args.size)
     write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
     images, model = work / "dump" / "images", work / "model"
-    py = sys.executable
     result: dict = {"images": args.images, "size": args.size, "repeats": args.repeats, "threads": args.threads}
     if args.commits:
         result["commit_cost"] = commit_cost(args, work, images, model)
@@ -196,35 +180,11 @@ def main() -> None:
                 os.link(f, big / f"{k}_{f.name}")
         # --no-tta: memory is about streaming, not passes, and it keeps the 10x run to minutes
         small_peak = timed(
-            [
-                py,
-                "-m",
-                "vehicle_ray.cli",
-                "score",
-                "--model",
-                str(model),
-                "--input",
-                str(images),
-                "--output",
-                str(work / "mem1"),
-                "--no-tta",
-            ],
+            score_cmd(model, images, work / "mem1", "--no-tta"),
             measure_memory=True,
         )[1]
         big_peak = timed(
-            [
-                py,
-                "-m",
-                "vehicle_ray.cli",
-                "score",
-                "--model",
-                str(model),
-                "--input",
-                str(big),
-                "--output",
-                str(work / "mem10"),
-                "--no-tta",
-            ],
+            score_cmd(model, big, work / "mem10", "--no-tta"),
             measure_memory=True,
         )[1]
         result["peak_rss_mb"] = {
