@@ -105,7 +105,7 @@ gpu_info() {
     fi
     "$PY" - <<'EOF'
 import torch
-from vehicle_ray.score.planning import gpu_precision
+from vehicle_ray.device import gpu_precision
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible GPU(s)")
 for i in range(torch.cuda.device_count()):
     cap = torch.cuda.get_device_capability(i)

@@ -150,8 +150,16 @@ def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.n
             return
 
 
-def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], history: list[dict[str, Any]]) -> dict:
-    """Write every artifact file of a trained learner into `directory` (which must exist and be empty)."""
+def write_artifact(
+    directory: Path,
+    learn,
+    recipe: Recipe,
+    classes: list[str],
+    history: list[dict[str, Any]],
+    training: dict[str, Any] | None = None,
+) -> dict:
+    """Write every artifact file of a trained learner into `directory` (which must exist and be empty).
+    `training`: how it was trained (device, precision, workers: train.hardware), recorded as it ran."""
     from safetensors.torch import save_model
 
     learn.export(directory / EXPORT_PKL)
@@ -185,6 +193,7 @@ def write_artifact(directory: Path, learn, recipe: Recipe, classes: list[str], h
         "tta": {"n": recipe.tta_n, "beta": recipe.tta_beta},
         "metrics": final,
         "recipe": recipe.to_dict(),
+        "training": training or {},
         "versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,

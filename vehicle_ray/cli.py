@@ -175,6 +175,33 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
     help="Give up (exit 2) when the workers' CPUs/GPUs are not there within SECONDS "
     "[default: wait until the autoscaler provides them].",
 )
+@click.option(
+    "--checkpoint-every",
+    default=default(TrainOptions, "checkpoint_every"),
+    show_default=True,
+    metavar="EPOCHS",
+    help="Checkpoint every EPOCHS epochs (stage ends and the last epoch always); a resume repeats the epochs since.",
+)
+@click.option(
+    "--optimizer-state/--no-optimizer-state",
+    default=default(TrainOptions, "optimizer_state"),
+    show_default=True,
+    help="Keep the optimizer state in checkpoints (about 2x the weights for Adam); without it a resume "
+    "restarts the optimizer's moments.",
+)
+@click.option(
+    "--loader-workers",
+    type=int,
+    help="DataLoader worker processes per training worker [default: 0 on CPU; on GPU its CPUs - 1].",
+)
+@click.option(
+    "--nccl-timeout",
+    default=default(TrainOptions, "nccl_timeout"),
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="Process-group timeout (NCCL; gloo on CPU): how long a hung collective waits before failing.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (at a URI: an existing model).")
 def train_cmd(
     csv_path: str,
@@ -189,6 +216,10 @@ def train_cmd(
     name: str | None,
     max_failures: int,
     wait_for_resources: float | None,
+    checkpoint_every: int,
+    optimizer_state: bool,
+    loader_workers: int | None,
+    nccl_timeout: float,
     overwrite: bool,
     **recipe_flags: Any,
 ) -> None:
@@ -208,13 +239,17 @@ def train_cmd(
         name=name,
         max_failures=max_failures,
         wait_for_resources=wait_for_resources,
+        checkpoint_every=checkpoint_every,
+        optimizer_state=optimizer_state,
+        loader_workers=loader_workers,
+        nccl_timeout=nccl_timeout,
         overwrite=overwrite,
     )
     recipe, auto = build_recipe(**recipe_flags)
     if auto:
         from vehicle_ray.train.lr_find import find_lr
 
-        suggestion = find_lr(csv_path, images, None, recipe, column(fn_col), column(label_col))
+        suggestion = find_lr(csv_path, images, None, recipe, column(fn_col), column(label_col), use_gpu=use_gpu)
         recipe = recipe.with_overrides(lr=suggestion.valley)
         click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
     result = train(opts, recipe)
@@ -229,14 +264,22 @@ def train_cmd(
 )
 @recipe_options
 @click.option("--unfrozen", is_flag=True, help="Run on the unfrozen model (as the seed does after its first stage).")
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="On one GPU or one node's CPUs.")
 def lr_find_cmd(
-    csv_path: str, images: str, fn_col: str, label_col: str, out: str, unfrozen: bool, **recipe_flags: Any
+    csv_path: str,
+    images: str,
+    fn_col: str,
+    label_col: str,
+    out: str,
+    unfrozen: bool,
+    use_gpu: bool,
+    **recipe_flags: Any,
 ) -> None:
     """Run fastai's lr_find (single process, in a Ray task): plot and suggestions."""
     from vehicle_ray.train.lr_find import find_lr
 
     recipe, _ = build_recipe(**recipe_flags)
-    s = find_lr(csv_path, images, out, recipe, column(fn_col), column(label_col), unfrozen=unfrozen)
+    s = find_lr(csv_path, images, out, recipe, column(fn_col), column(label_col), unfrozen=unfrozen, use_gpu=use_gpu)
     click.echo(
         f"valley={s.valley:.2e} slide={s.slide:.2e} minimum={s.minimum:.2e} steep={s.steep:.2e}; "
         f"wrote {out}/lr_find.png and {out}/lr_find.json"

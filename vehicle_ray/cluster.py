@@ -10,6 +10,10 @@ from vehicle_ray.data import is_uri
 from vehicle_ray.errors import InputError
 
 NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: refuses at once, never a State API
+# CPUs per GPU worker/task while no GPU node is up to size them from (autoscaling from zero): 4 fits the
+# common one-GPU shapes (AWS g4dn/g5.xlarge 4 vCPUs, p3.2xlarge 8, GCP a2-highgpu-1g 12) and feeds
+# three DataLoader workers. Larger GPU nodes are measured once they are up; or --cpus-per-worker.
+DEFAULT_CPUS_PER_GPU = 4
 
 
 def init_ray(num_cpus: int | None = None) -> dict[str, float]:
@@ -55,6 +59,23 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
 
 def alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of each live node: what one task, actor or Train worker can get at most."""
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+
+
+def largest_node_cpus(nodes: list[dict[str, float]]) -> int:
+    """The most CPUs one task or worker can get (it cannot span nodes); 0 when no node is up."""
+    return int(max((n.get("CPU", 0) for n in nodes), default=0))
+
+
+def cpus_per_gpu(nodes: list[dict[str, float]]) -> int:
+    """CPUs to request next to each GPU: the smallest CPUs-per-GPU share of the GPU nodes that are up
+    (CPU-only nodes' CPUs are of no use to a GPU worker), DEFAULT_CPUS_PER_GPU while none is."""
+    shares = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU", 0) >= 1]
+    return max(1, min(shares)) if shares else DEFAULT_CPUS_PER_GPU
 
 
 def require_shared_path(path: str | None, flag: str) -> None:

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from tests.score.specs import model_spec
+from vehicle_ray.device import gpu_precision
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.model import ONNX_ON_GPU, pass_files, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.planning import (
     actor_device,
     describe_precisions,
-    gpu_precision,
     ran_precisions,
     recorded_tta,
     tta_settings,

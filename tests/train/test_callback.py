@@ -1,11 +1,14 @@
 """The fastai ↔ Ray Train glue, exercised without a Ray cluster: sharding and per-epoch reporting."""
 
 import json
+import shutil
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
 import numpy as np
 import pytest
+import torch
+from fasttransform import Pipeline
 
 from vehicle_ray.data import read_labeled_csv, split_indices
 from vehicle_ray.recipe import load_recipe
@@ -17,6 +20,8 @@ from vehicle_ray.train.callback import (
     EpochShard,
     Position,
     RayTrainReport,
+    checkpoint_due,
+    read_checkpoint,
     sharded_train_dl,
 )
 from vehicle_ray.train.learner import build_dataloaders, build_learner
@@ -40,12 +45,18 @@ def test_each_epoch_reshuffles():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     write_sample_data(out, train=40, test=0, size=32, seed=4)
     recipe = load_recipe("tiny_cpu").with_overrides(size=32, bs=8)
     data = read_labeled_csv(out / "train.csv", out / "images")
     _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    return data, recipe, valid_idx
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data):
+    data, recipe, valid_idx = tiny_data
     return build_dataloaders(data, recipe, valid_idx), recipe
 
 
@@ -56,26 +67,58 @@ def test_sharded_loader_iterates_its_shard_only(tiny):
     assert sum(len(b[0]) for b in sharded) == len(sharded) * dls.train.bs
 
 
-def test_callbacks_report_every_epoch_with_a_checkpoint_and_skips_resumed_epochs(tiny):
+def test_loader_worker_processes_give_the_same_shard_batches(tiny, tiny_data):
+    """--loader-workers: fastai's worker processes decode the same items in the same order (the batch
+    transforms, the random ones included, run in the training process)."""
+    dls, _ = tiny
+    data, recipe, valid_idx = tiny_data
+    with_workers = build_dataloaders(data, recipe, valid_idx, num_workers=1)
+    one, two = (sharded_train_dl(d.train, rank=1, world_size=2, seed=3) for d in (dls, with_workers))
+    assert two.fake_l.num_workers == 1 and two.fake_l.persistent_workers
+    one.after_batch = two.after_batch = Pipeline(one.after_batch.fs[:1])  # IntToFloatTensor only
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(
+    "done, every, stage_end, due",
+    [(1, 1, False, True), (1, 2, False, False), (2, 2, False, True), (3, 2, True, True), (5, 3, False, False)],
+)
+def test_checkpoint_schedule(done, every, stage_end, due):
+    assert checkpoint_due(done, every, stage_end) is due
+
+
+def test_callbacks_report_every_epoch_checkpoint_on_schedule_and_skip_resumed_epochs(tiny, tmp_path):
     dls, recipe = tiny
     learn = build_learner(dls, recipe)
     reports = []
 
     def report(metrics, checkpoint_dir):
+        if checkpoint_dir is None:
+            reports.append((metrics, None, None))
+            return
         files = sorted(p.name for p in Path(checkpoint_dir).iterdir())
         state = json.loads((Path(checkpoint_dir) / STATE_FILE).read_text())
+        shutil.copytree(checkpoint_dir, tmp_path / str(metrics["epoch"]))
         reports.append((metrics, files, state))
 
     position = Position()
     cbs = [
         DataParallel(stage=0, world_size=1, device=dls.device),
-        RayTrainReport(rank=0, stage=0, skip_to=1, position=position, report=report),
+        RayTrainReport(0, 0, skip_to=1, position=position, report=report, checkpoint_every=2, with_opt=False),
     ]
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(3, 1e-3, start_epoch=1, cbs=cbs)
-    assert [m["epoch"] for m, _, _ in reports] == [2, 3]  # epoch 1 was skipped (resumed past it)
+        learn.fit_one_cycle(4, 1e-3, start_epoch=1, cbs=cbs)
+    assert [m["epoch"] for m, _, _ in reports] == [2, 3, 4]  # epoch 1 was skipped (resumed past it)
+    # every 2 epochs done (epoch 3 is the second this run did) and at the stage end; none after epoch 2
+    assert [files is not None for _, files, _ in reports] == [False, True, True]
     metrics, files, state = reports[-1]
     assert files == sorted([STATE_FILE, WEIGHTS_FILE])
-    assert state["epoch"] == 3 and len(state["history"]) == 2
+    assert state["epoch"] == 4 and len(state["history"]) == 3 and state["with_opt"] is False
     assert {"train_loss", "valid_loss", "accuracy", "error_rate", "lr", "seconds"} <= set(metrics)
     assert np.isfinite(metrics["valid_loss"])
+    assert "opt" not in torch.load(tmp_path / "4" / WEIGHTS_FILE, weights_only=False)  # --no-optimizer-state
+    fresh = build_learner(dls, recipe)
+    fresh.create_opt()
+    restored = read_checkpoint(tmp_path / "3", fresh, dls.device)
+    assert (restored.stage, restored.epoch, len(restored.history)) == (0, 3, 2)

@@ -12,10 +12,10 @@ from vehicle_ray.train.driver import cpus_per_worker
 
 def test_cpus_per_worker_does_not_follow_what_happens_to_be_up():
     opts = TrainOptions(csv="t.csv", images="i", out="o", workers=4)
-    assert cpus_per_worker(opts, {"CPU": 16}) == 4  # a share of a cluster that is up
-    assert cpus_per_worker(opts, {}) == 1  # a fresh autoscaling cluster reports no CPU at all
-    assert cpus_per_worker(opts, {"CPU": 2}) == 1
-    assert cpus_per_worker(TrainOptions(csv="t.csv", images="i", out="o", cpus_per_worker=3), {}) == 3
+    assert cpus_per_worker(opts, [{"CPU": 16}]) == 4  # a share of a cluster that is up
+    assert cpus_per_worker(opts, []) == 1  # a fresh autoscaling cluster reports no CPU at all
+    assert cpus_per_worker(opts, [{"CPU": 2}]) == 1
+    assert cpus_per_worker(TrainOptions(csv="t.csv", images="i", out="o", cpus_per_worker=3), []) == 3
 
 
 @pytest.mark.slow
@@ -49,9 +49,10 @@ def test_gpu_on_a_cpu_cluster_waits_then_fails_naming_gpu(tmp_path):
     # Ray's placement-group cleaner prints a ConnectionError traceback when other Ray instances run on
     # this machine (parallel test runs); that is Ray's own process and only happens beside them.
     stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if "(PlacementGroupCleaner" not in line)
-    assert "waiting for resources: 2 workers x {CPU: 1, GPU: 1} (cluster has {CPU: 2, GPU: 0}); up to 5s" in r.stdout
+    # no GPU node to size the workers' CPUs from: the documented default of 4 CPUs per GPU worker
+    assert "waiting for resources: 2 workers x {CPU: 4, GPU: 1} (cluster has {CPU: 2, GPU: 0}); up to 5s" in r.stdout
     assert stderr.startswith("Error: gave up waiting for resources after 5s (--wait-for-resources): "), r.stderr
-    assert "need GPU 2" in stderr
+    assert "need CPU 8, GPU 2" in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert 4 <= elapsed <= 90, elapsed
     assert not (tmp_path / "m").exists()

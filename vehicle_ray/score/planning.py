@@ -96,14 +96,6 @@ def actor_device(gpus_per_actor: float) -> str:
     return "cuda" if gpus_per_actor > 0 else "cpu"
 
 
-def gpu_precision(capability: tuple[int, int]) -> str:
-    """The autocast precision of a GPU actor from its GPU's compute capability: bf16 where the GPU runs it
-    natively (>= 8.0: A100, A10, L4, H100, ...), else fp16 (T4 7.5, V100 7.0: bf16 there is emulated,
-    far slower, if it runs at all). Not `torch.cuda.is_bf16_supported()`: it says True on those
-    GPUs too (emulation counts)."""
-    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
-
-
 def ran_precisions(tta: TTASettings, gpu: str) -> TTASettings:
     """`tta` as a GPU actor runs it: the planned GPU precision replaced by its GPU's own (`gpu_precision`)."""
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from vehicle_ray.artifact import WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.device import fastai_on_cpu, gpu_precision
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
-from vehicle_ray.score.planning import gpu_precision, ran_precisions
+from vehicle_ray.score.planning import ran_precisions
 from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
 
 if TYPE_CHECKING:
@@ -99,21 +100,6 @@ def move_transform_tensors(transforms: list, device: torch.device | str) -> int:
     return sum(walk(t) for t in transforms if hasattr(t, "__dict__") and id(t) not in seen)
 
 
-@contextlib.contextmanager
-def _fastai_on_cpu() -> Iterator[None]:
-    """fastai places new tensors on its default device: the GPU whenever one is visible (e.g.
-    `Normalize.from_stats(..., cuda=True)`, which also creates a CUDA context). Build on the CPU, then
-    move to the planned device."""
-    from fastai.torch_core import defaults
-
-    before = defaults.use_cuda
-    defaults.use_cuda = False
-    try:
-        yield
-    finally:
-        defaults.use_cuda = before
-
-
 def _torch_forward(
     model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -163,7 +149,7 @@ class Predictor:
             ran = ran_precisions(tta, gpu_precision(capability))
         torch.set_num_threads(threads)
         directory = spec.directory if spec.directory.exists() else local_model(spec.source)
-        with _fastai_on_cpu():
+        with fastai_on_cpu():
             if spec.allow_pickle:
                 _, learn = pickle_learner(directory)
                 transforms = list(learn.dls.after_batch.fs)
@@ -250,7 +236,7 @@ def artifact_batch_transforms(meta: dict[str, Any]) -> list:
     from vehicle_ray.recipe import recipe_from_dict
     from vehicle_ray.train.learner import augment_transforms
 
-    with _fastai_on_cpu():
+    with fastai_on_cpu():
         transforms = [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
     move_transform_tensors(transforms, "cpu")  # whatever the builder did, CPU is the known starting point
     return transforms

@@ -11,7 +11,9 @@ Ray Train has already created the process group, so all we add is:
   otherwise) — no broadcast needed;
 * validation on the full validation set on every rank (under no_grad DDP does no collectives), so the
   metrics are exactly what a single process would report;
-* `ray.train.report` from every rank every epoch, with a checkpoint from rank 0.
+* `ray.train.report` from every rank every epoch, with a checkpoint from rank 0 every
+  `checkpoint_every` epochs and at every stage end (the others wait for rank 0 at their next collective
+  while it writes one: weights plus, by default, the optimizer state, about 3x the weights for Adam).
 
 DataParallel does the first two, RayTrainReport the last; they compose, and InjectedFailure (tests
 only) runs after the report.
@@ -33,7 +35,7 @@ import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL
-from fastai.learner import Recorder, save_model
+from fastai.learner import Recorder, load_model, save_model
 from torch.nn.parallel import DistributedDataParallel
 
 STATE_FILE = "state.json"
@@ -66,7 +68,13 @@ class EpochShard:
 def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdDL:
     """A copy of fastai's training DataLoader that iterates only this rank's shard."""
     shard = EpochShard(n=len(dl.dataset), rank=rank, world_size=world_size, seed=seed)
-    return dl.new(get_idxs=shard, n=shard.shard_len, shuffle=True, drop_last=dl.drop_last)
+    return dl.new(
+        get_idxs=shard,
+        n=shard.shard_len,
+        shuffle=True,
+        drop_last=dl.drop_last,
+        persistent_workers=dl.fake_l.persistent_workers,  # DataLoader.new does not carry it over
+    )
 
 
 @dataclass
@@ -76,6 +84,13 @@ class Position:
     stage: int = 0
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_due(epochs_done: int, every: int, stage_end: bool) -> bool:
+    """Whether the epoch that just finished gets a checkpoint: every `every` epochs (counted over all
+    stages) and at the end of every stage, so a resume never crosses a stage boundary backwards and
+    the last epoch (a stage end) is always saved."""
+    return stage_end or epochs_done % every == 0
 
 
 class DataParallel(Callback):
@@ -106,7 +121,8 @@ class DataParallel(Callback):
 
 class RayTrainReport(Callback):
     """`report` every epoch on every rank (Ray Train V2 needs the same number of reports from all
-    ranks), with a checkpoint (weights, optimizer state, position) from rank 0.
+    ranks), with a checkpoint (weights, optionally the optimizer state, position) from rank 0 when
+    `checkpoint_due`.
 
     `report(metrics, checkpoint_dir)` is `ray.train.report` in production; it is injected so that the
     callback's logic can be exercised outside a Ray Train worker.
@@ -121,8 +137,11 @@ class RayTrainReport(Callback):
         skip_to: int,
         position: Position,
         report: Callable[[dict[str, Any], str | None], None],
+        checkpoint_every: int = 1,
+        with_opt: bool = True,
     ):
         self.rank, self.stage, self.skip_to, self.position, self._report = rank, stage, skip_to, position, report
+        self.checkpoint_every, self.with_opt = checkpoint_every, with_opt
 
     def before_epoch(self) -> None:
         self._t0 = time.perf_counter()
@@ -141,9 +160,10 @@ class RayTrainReport(Callback):
         )
         self.position.stage, self.position.epoch = self.stage, self.epoch + 1
         self.position.history.append(metrics)
-        if self.rank == 0:
+        due = checkpoint_due(len(self.position.history), self.checkpoint_every, self.epoch + 1 == self.n_epoch)
+        if self.rank == 0 and due:
             with tempfile.TemporaryDirectory(prefix="vehicle_ray_ckpt_") as tmp:
-                write_checkpoint(Path(tmp), self.learn, self.position)
+                write_checkpoint(Path(tmp), self.learn, self.position, self.with_opt)
                 self._report(metrics, tmp)
         else:
             self._report(metrics, None)
@@ -168,14 +188,16 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def write_checkpoint(directory: Path, learn, position: Position) -> None:
-    """Weights + optimizer state (fastai's save_model format) and the run position as JSON."""
-    save_model(directory / WEIGHTS_FILE, unwrapped(learn.model), learn.opt, with_opt=True)
-    (directory / STATE_FILE).write_text(
-        json.dumps({"stage": position.stage, "epoch": position.epoch, "history": position.history})
-    )
+def write_checkpoint(directory: Path, learn, position: Position, with_opt: bool = True) -> None:
+    """Weights (+ optimizer state: `with_opt`; fastai's save_model format) and the run position as JSON."""
+    save_model(directory / WEIGHTS_FILE, unwrapped(learn.model), learn.opt, with_opt=with_opt)
+    state = {"stage": position.stage, "epoch": position.epoch, "history": position.history, "with_opt": with_opt}
+    (directory / STATE_FILE).write_text(json.dumps(state))
 
 
-def read_position(directory: Path) -> Position:
+def read_checkpoint(directory: Path, learn, device) -> Position:
+    """Load a checkpoint's weights (and optimizer state, when it has one) into `learn`; its position.
+    Without a saved optimizer state the optimizer starts fresh at the restored epoch (--no-optimizer-state)."""
     state = json.loads((directory / STATE_FILE).read_text())
+    load_model(directory / WEIGHTS_FILE, learn.model, learn.opt, with_opt=state.get("with_opt", True), device=device)
     return Position(stage=state["stage"], epoch=state["epoch"], history=state["history"])

@@ -25,7 +25,7 @@ from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VA
 from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError, WorkerGroupStartupTimeoutError
 
 from vehicle_ray.artifact import open_artifact, publish, require_free_output
-from vehicle_ray.cluster import init_ray, require_shared_path
+from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources, require_shared_path
 from vehicle_ray.data import check_split, is_uri, read_labeled_csv, split_indices
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
@@ -35,6 +35,7 @@ from vehicle_ray.train.config import (
     TRAIN_LOG_LEVEL,
     TrainOptions,
     WorkerConfig,
+    forwarded_env,
 )
 from vehicle_ray.train.launch import EpochPrinter, run_worker
 
@@ -54,13 +55,21 @@ class TrainResult:
     seconds: float
 
 
-def cpus_per_worker(opts: TrainOptions, resources: dict[str, float]) -> float:
-    """--cpus-per-worker, else an equal share of the cluster's CPUs, or 1 when fewer CPUs are up than
-    workers: on an autoscaling cluster the nodes that will run the workers may not exist yet (a fresh
-    cluster reports 0 CPUs), and a share of what happens to be up says nothing about them."""
+def cpus_per_worker(opts: TrainOptions, nodes: list[dict[str, float]]) -> float:
+    """--cpus-per-worker, else what fits the nodes that are up (`nodes`: each live node's resources).
+
+    CPU workers: an equal share of the cluster's CPUs, at most one node's worth (a worker cannot span
+    nodes), or 1 when fewer CPUs are up than workers: on an autoscaling cluster the nodes that will run
+    the workers may not exist yet (a fresh cluster reports 0 CPUs), and a share of what happens to be
+    up says nothing about them.
+    GPU workers: `cluster.cpus_per_gpu`, never a share of CPU-only nodes' CPUs, which no GPU worker
+    can use."""
     if opts.cpus_per_worker is not None:
         return opts.cpus_per_worker
-    return max(1, int(resources.get("CPU", 0) // opts.workers))
+    if opts.use_gpu:
+        return cpus_per_gpu(nodes)
+    total = sum(n.get("CPU", 0) for n in nodes)
+    return max(1, int(min(total // opts.workers, largest_node_cpus(nodes))))
 
 
 def worker_resources(opts: TrainOptions, cpus: float) -> dict[str, float]:
@@ -136,15 +145,21 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
     require_shared_path(str(opts.images), "--images")
     require_shared_path(opts.storage_path or "~/ray_results", "--storage-path")
     require_shared_path(str(opts.out), "--out")
-    cpus = cpus_per_worker(opts, resources)
+    cpus = cpus_per_worker(opts, node_resources())
     cfg = WorkerConfig(
         data=data,
         recipe=recipe,
         valid_idx=valid_idx,
         threads=max(1, int(cpus)),
+        use_gpu=opts.use_gpu,
+        loader_workers=opts.loader_workers,
+        checkpoint_every=opts.checkpoint_every,
+        optimizer_state=opts.optimizer_state,
+        env=forwarded_env(os.environ),
         fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")),
     )
-    from ray.train.torch import TorchTrainer  # imports torch (Ray's TorchConfig): only once training starts
+    # imports torch (Ray's TorchConfig): only once training starts
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
     per_worker = worker_resources(opts, cpus)
@@ -159,6 +174,7 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
                 "worker_config": pickle.dumps(cfg),
                 "weights_ref": ray.put(state_dict) if state_dict is not None else None,
             },
+            torch_config=TorchConfig(timeout_s=int(opts.nccl_timeout)),
             scaling_config=ScalingConfig(
                 num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker={"CPU": cpus}
             ),

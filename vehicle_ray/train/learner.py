@@ -64,14 +64,23 @@ def augment_transforms(recipe: Recipe) -> list[Transform]:
         max_zoom=recipe.max_zoom,
     )
     if recipe.normalize == "imagenet":
-        tfms.append(Normalize.from_stats(*imagenet_stats))
+        # cuda=False: fastai's default would create the stats on a visible GPU (and a CUDA context with
+        # them) even in CPU work; the DataLoaders move them to their device.
+        tfms.append(Normalize.from_stats(*imagenet_stats, cuda=False))
     return tfms
 
 
 def build_dataloaders(
-    data: LabeledSet, recipe: Recipe, valid_idx: np.ndarray, device: torch.device | None = None
+    data: LabeledSet,
+    recipe: Recipe,
+    valid_idx: np.ndarray,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoaders:
-    """fastai DataLoaders for a local image root (fastai reads files by path: pure-fastai export.pkl)."""
+    """fastai DataLoaders for a local image root (fastai reads files by path: pure-fastai export.pkl).
+    `num_workers`/`pin_memory`: see train.hardware (worker processes decode and resize; the batch
+    transforms run in the training process, on `device`)."""
     require_local_root(data.root)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
@@ -81,7 +90,14 @@ def build_dataloaders(
         item_tfms=Resize(recipe.size, method=_RESIZE[recipe.resize_method]),
         batch_tfms=augment_transforms(recipe),
     )
-    return block.dataloaders(data.items, bs=recipe.bs, num_workers=0, device=device or torch.device("cpu"))
+    return block.dataloaders(
+        data.items,
+        bs=recipe.bs,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,  # not a new set of processes every epoch
+        pin_memory=pin_memory,
+        device=device or torch.device("cpu"),
+    )
 
 
 def pretrained_state_dict(recipe: Recipe) -> dict[str, torch.Tensor] | None:

@@ -8,12 +8,12 @@ training stack.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16/to_fp32)
 import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import numpy as np
@@ -22,20 +22,20 @@ import ray.train
 import ray.train.v2._internal.execution.context as ray_train_context
 import torch
 from fastai.data.core import DataLoaders
-from fastai.learner import load_model
 
 from vehicle_ray.artifact import write_artifact
+from vehicle_ray.device import cpu_only
 from vehicle_ray.train.callback import (
-    WEIGHTS_FILE,
     DataParallel,
     InjectedFailure,
     Position,
     RayTrainReport,
-    read_position,
+    read_checkpoint,
     sharded_train_dl,
     write_checkpoint,
 )
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
+from vehicle_ray.train.hardware import plain_fp32, use_hardware, worker_hardware
 from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.train.staging import local_images
 
@@ -60,26 +60,32 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     # training result" INFO line comes from a logger named by that module's file path, so that one
     # logger gets the same level (the root logger is left alone).
     logging.getLogger(ray_train_context.__file__).setLevel(TRAIN_LOG_LEVEL)
+    os.environ.update(dict(cfg.env))
+    if not cfg.use_gpu:
+        cpu_only()  # a --cpu worker on a GPU node sees the node's GPUs (Ray 2.60): never touch them
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    capability = torch.cuda.get_device_capability(device) if cfg.use_gpu else None
+    hardware = worker_hardware(cfg.use_gpu, cfg.threads, capability, cfg.loader_workers)
     recipe = cfg.recipe
-    if device.type == "cpu":
+    if not cfg.use_gpu:
         torch.set_num_threads(cfg.threads)
+    torch.backends.cudnn.benchmark = hardware.cudnn_benchmark
     _seed_everything(recipe.seed)
-    dls = build_dataloaders(local_images(cfg.data), recipe, cfg.valid_idx, device)
+    dls = build_dataloaders(
+        local_images(cfg.data), recipe, cfg.valid_idx, device, hardware.loader_workers, hardware.pin_memory
+    )
     learn = build_learner(dls, recipe, ray.get(weights_ref) if weights_ref is not None else None)
     learn.model.to(device)
     learn.dls = DataLoaders(sharded_train_dl(dls.train, rank, world_size, recipe.seed), dls.valid, device=device)
-    if device.type == "cuda":
-        learn.to_fp16()
+    use_hardware(learn, hardware)
     learn.create_opt()
     position, resumed = Position(), False
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            position = read_position(Path(d))
-            load_model(Path(d) / WEIGHTS_FILE, learn.model, learn.opt, device=device)
+            position = read_checkpoint(Path(d), learn, device)
         resumed = True
         if rank == 0:
             logger.info(
@@ -93,29 +99,32 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             if i < position.stage or start >= stage.epochs:
                 continue
             learn.freeze() if stage.frozen else learn.unfreeze()
-            cbs = [DataParallel(i, world_size, device), RayTrainReport(rank, i, start, position, _report)]
+            cbs = [
+                DataParallel(i, world_size, device),
+                RayTrainReport(rank, i, start, position, _report, cfg.checkpoint_every, cfg.optimizer_state),
+            ]
             if failure:
                 cbs.append(InjectedFailure(cfg.fail_after_epoch, position, rank))
             learn.fit_one_cycle(stage.epochs, stage.lr_max(), start_epoch=start, cbs=cbs)
     if recipe.freeze_at_end and recipe.pretrained:
         learn.freeze()
-    _final_report(learn, dls, cfg, rank, position)
+    training = {**hardware.to_dict(), "workers": world_size}
+    _final_report(learn, dls, cfg, rank, position, training)
 
 
-def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, position: Position) -> None:
+def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, position: Position, training: dict) -> None:
     """One last report on every rank; rank 0 attaches a checkpoint holding the run state (so a rerun
     of a finished run resumes to "done") and the finished artifact."""
     metrics = {"done": 1, "epochs": len(position.history)}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    if hasattr(learn, "mixed_precision"):
-        learn.to_fp32()
+    plain_fp32(learn)
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
-        write_checkpoint(Path(tmp), learn, position)
+        write_checkpoint(Path(tmp), learn, position, cfg.optimizer_state)
         artifact = Path(tmp) / ARTIFACT_SUBDIR
         artifact.mkdir()
         learn.model.cpu()
-        write_artifact(artifact, learn, cfg.recipe, cfg.data.classes, position.history)
+        write_artifact(artifact, learn, cfg.recipe, cfg.data.classes, position.history, training)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from vehicle_ray.cluster import init_ray
+from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources
 from vehicle_ray.data import LabeledSet, check_split, read_labeled_csv, split_indices
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
@@ -28,16 +28,29 @@ class LrSuggestions:
     steep: float
 
 
-def _run_lr_find(data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfrozen: bool) -> tuple[dict, bytes]:
+def _run_lr_find(
+    data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfrozen: bool, use_gpu: bool, threads: int
+) -> tuple[dict, bytes]:
+    import torch
     from fastai.callback.schedule import minimum, slide, steep, valley
 
+    from vehicle_ray.device import cpu_only
     from vehicle_ray.report.plots import pyplot
+    from vehicle_ray.train.hardware import use_hardware, worker_hardware
     from vehicle_ray.train.learner import build_dataloaders, build_learner
     from vehicle_ray.train.staging import local_images
 
+    if not use_gpu:
+        cpu_only()  # the task may run on a GPU node whose GPUs it did not reserve
+    device = torch.device("cuda") if use_gpu else torch.device("cpu")
+    hardware = worker_hardware(use_gpu, threads, torch.cuda.get_device_capability(device) if use_gpu else None)
+    torch.backends.cudnn.benchmark = hardware.cudnn_benchmark
     plt = pyplot()
 
-    learn = build_learner(build_dataloaders(local_images(data), recipe, valid_idx), recipe, state_dict)
+    dls = build_dataloaders(local_images(data), recipe, valid_idx, device, hardware.loader_workers, hardware.pin_memory)
+    learn = build_learner(dls, recipe, state_dict)
+    learn.model.to(device)
+    use_hardware(learn, hardware)
     if recipe.pretrained and not unfrozen:
         learn.freeze()
     with learn.no_bar():
@@ -60,17 +73,22 @@ def find_lr(
     fn_col: str | int = 0,
     label_col: str | int = 1,
     unfrozen: bool = False,
+    use_gpu: bool = False,
 ) -> LrSuggestions:
-    """Run lr_find in one Ray task; write lr_find.png and lr_find.json to `out` when given."""
+    """Run lr_find in one Ray task, on one GPU (`use_gpu`) or the CPUs of one node; write lr_find.png and
+    lr_find.json to `out` when given."""
     from vehicle_ray.train.learner import pretrained_state_dict
 
     data = read_labeled_csv(csv, images, fn_col, label_col)
     train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
     check_split(data, train_idx)
     state_dict = pretrained_state_dict(recipe)
-    resources = init_ray()
-    task = ray.remote(num_cpus=max(1, int(resources.get("CPU", 1))))(_run_lr_find)
-    values, png = ray.get(task.remote(data, recipe, valid_idx, state_dict, unfrozen))
+    init_ray()
+    # one node's worth: a task cannot span nodes, so the whole cluster's CPUs could never be placed
+    nodes = node_resources()
+    cpus = cpus_per_gpu(nodes) if use_gpu else max(1, largest_node_cpus(nodes))
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0)(_run_lr_find)
+    values, png = ray.get(task.remote(data, recipe, valid_idx, state_dict, unfrozen, use_gpu, cpus))
     if not all(math.isfinite(v) and v > 0 for v in values.values()):
         raise InputError(f"lr_find produced no usable suggestion ({values}); the loss may have diverged at once")
     suggestions = LrSuggestions(**values)
