@@ -9,7 +9,12 @@
 #   data       vehicle-ray sample-data
 #   weights    a random torchvision ARCH state_dict file (stands in for ImageNet weights)
 #   onnx_gpu   --backend onnx --gpus-per-actor 1 is refused: exit 2, one line, before Ray starts
-#   train      1 frozen + 1 unfrozen epoch from --weights with --gpu
+#   train      1 frozen + 1 unfrozen epoch from --weights with --gpu (model.json "training" shows the
+#              precision, loader workers, channels_last that ran)
+#   forward    the trained model's pure forward at the scoring precision (bf16/fp16 autocast,
+#              channels_last, batch 128): the img/s bound the score_* steps are compared with
+#   train_cpu  --cpu training on this GPU node: no process of it may appear in nvidia-smi
+#   train_util one unfrozen epoch at 299 px with --gpu: the GPU's utilisation (nvidia-smi, every 0.5 s)
 #   probe      Ray actors: num_gpus=0 builds the Predictor on CPU and never initialises CUDA;
 #              num_gpus=1 runs on cuda (transform tensors too) and records bf16/fp16 by capability;
 #              the same with --allow-pickle's export.pkl
@@ -29,7 +34,7 @@ N_TRAIN=${N_TRAIN:-400}
 N_TEST=${N_TEST:-1000}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# Exit status/p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -93,6 +98,8 @@ note_for() {  # what the summary shows for a passed step
         score_*) grep -o '[0-9.]* images/s' "$2" | tail -n 1 ;;
         gpu) grep -m1 -o 'capability.*' "$2" ;;
         probe) grep -c '^ok ' "$2" | sed 's/$/ checks ok/' ;;
+        train) grep -o '"precision": "[a-z0-9]*"' "$WORK/model/model.json" 2>/dev/null | head -n 1 ;;
+        train_util | forward | train_cpu) tail -n 1 "$2" ;;
         *) echo "" ;;
     esac
 }
@@ -120,6 +127,73 @@ import sys, torch, torchvision
 arch, path = sys.argv[1], sys.argv[2]
 torch.save(torchvision.models.get_model(arch, weights=None).state_dict(), path)
 print(f"random {arch} state_dict -> {path}")
+EOF
+}
+
+# gpu_sampler OUT CMD...: run CMD while nvidia-smi writes "utilisation% compute-processes" lines to OUT
+# twice a second; returns CMD's status.
+gpu_sampler() {
+    local out=$1; shift
+    (while true; do
+        echo "$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits | head -n 1)" \
+            "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader | grep -c .)"
+        sleep 0.5
+    done) >"$out" &
+    local sampler=$! rc
+    "$@"
+    rc=$?
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null
+    return $rc
+}
+
+train_util() {  # one unfrozen epoch at 299 px on one GPU: median and p90 utilisation while it ran
+    vr sample-data "$WORK/data299" --train 1024 --test 0 --size 320 >/dev/null &&
+        gpu_sampler "$WORK/util.txt" vr train --csv "$WORK/data299/train.csv" --images "$WORK/data299/images" \
+            --arch "$ARCH" --size 299 --bs 64 --pretrained --weights "$WORK/weights.pth" --freeze-epochs 0 \
+            --epochs 1 --gpu --storage-path "$WORK/ray_results" --out "$WORK/model299" --overwrite || return 1
+    "$PY" - "$WORK/util.txt" <<'EOF'
+import statistics, sys
+busy = sorted(int(line.split()[0]) for line in open(sys.argv[1]) if len(line.split()) == 2 and int(line.split()[1]) > 0)
+if not busy:
+    raise SystemExit("no sample while the training process was on the GPU")
+print(f"GPU utilisation while training at 299px: median {statistics.median(busy):.0f}%, "
+      f"p90 {busy[int(0.9 * (len(busy) - 1))]}% ({len(busy)} samples)")
+EOF
+}
+
+train_cpu_stays_off_gpu() {  # a --cpu worker on this GPU node: never a process on the GPU
+    gpu_sampler "$WORK/cpu_train.txt" vr train --csv "$WORK/data/train.csv" --images "$WORK/data/images" \
+        --config tiny_cpu --size 32 --epochs 1 --cpu --storage-path "$WORK/ray_results" \
+        --out "$WORK/model_cpu" --overwrite || return 1
+    local max_procs
+    max_procs=$(awk 'NF == 2 {print $2}' "$WORK/cpu_train.txt" | sort -n | tail -n 1)
+    echo "compute processes on the GPU during --cpu training: at most ${max_procs:-0}"
+    [ "${max_procs:-0}" -eq 0 ]
+}
+
+forward_bound() {  # img/s of the trained model's forward alone, at the precision scoring uses
+    "$PY" - "$WORK/model" <<'EOF'
+import sys, time
+import torch
+from vehicle_ray.artifact import load_torch_model, open_artifact
+from vehicle_ray.device import gpu_precision
+
+art = open_artifact(sys.argv[1])
+model = load_torch_model(art).cuda().eval().to(memory_format=torch.channels_last)
+precision = gpu_precision(torch.cuda.get_device_capability())
+dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+x = torch.randn(128, 3, art.size, art.size, device="cuda").to(memory_format=torch.channels_last)
+with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+    for _ in range(5):
+        model(x)
+    torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 5:
+        model(x)
+        n += len(x)
+    torch.cuda.synchronize()
+print(f"{n / (time.perf_counter() - t0):.0f} images/s pure {precision} forward at {art.size}px, batch 128")
 EOF
 }
 
@@ -221,7 +295,8 @@ score() {  # score OUT_NAME MODEL [extra options]: scores data/test.csv
         echo "summary.json precision: $(summary_json_precision "$out")"
 }
 
-export -f vr gpu_info make_weights onnx_refused onnx_refused_by_planning probe summary_json_precision score
+export -f vr gpu_info make_weights onnx_refused onnx_refused_by_planning probe summary_json_precision score \
+    gpu_sampler train_util train_cpu_stays_off_gpu forward_bound
 echo "vehicle_ray GPU smoke: work dir $WORK, $ARCH at ${SIZE}px, $N_TRAIN train / $N_TEST test images$(
     [ "$DRY_RUN" = 1 ] && echo ', DRY RUN (no GPU steps)')"
 T0=$(date +%s)
@@ -246,15 +321,19 @@ if [ "$DRY_RUN" = 0 ]; then
         step probe probe
         mkdir -p "$WORK/pickle" && cp "$WORK/model/export.pkl" "$WORK/pickle/"
     else
-        for s in onnx_gpu probe score_g1 score_g0.5 score_g0 score_pickle; do skip "$s" "no trained model"; done
+        for s in onnx_gpu forward probe score_g1 score_g0.5 score_g0 score_pickle; do skip "$s" "no trained model"; done
     fi
 fi
 if [ "$DRY_RUN" = 1 ] || [ -f "$WORK/model/model.json" ]; then
+    gpu_step forward forward_bound
     gpu_step score_g1 score score_g1 "$WORK/model" --gpus-per-actor 1
     gpu_step score_g0.5 score score_g05 "$WORK/model" --gpus-per-actor 0.5
     gpu_step score_g0 score score_g0 "$WORK/model" --gpus-per-actor 0
     gpu_step score_pickle score score_pickle "$WORK/pickle/export.pkl" --allow-pickle --gpus-per-actor 1
 fi
+
+gpu_step train_cpu train_cpu_stays_off_gpu
+gpu_step train_util train_util
 
 N_GPUS=0
 command -v nvidia-smi >/dev/null && N_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')

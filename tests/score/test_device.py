@@ -275,3 +275,5 @@ def test_gpu_smoke_script_parses_and_its_dry_run_passes_on_cpu(tmp_path):
     assert r.returncode == 0, f"{env_note}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "DRY RUN" in r.stdout and "summary" in r.stdout.lower()
     assert (tmp_path / "smoke" / "data" / "train.csv").is_file()
+    dry = {line.split()[0] for line in r.stdout.splitlines() if " DRY " in line}
+    assert dry >= {"train", "forward", "train_cpu", "train_util", "score_g1", "score_g0", "score_pickle", "train_nccl"}
