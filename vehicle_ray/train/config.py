@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vehicle_ray.data import LabeledSet
+from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
 
@@ -39,6 +40,7 @@ class TrainOptions:
     max_failures: int = 0
     overwrite: bool = False
     wait_for_resources: float | None = None  # None: wait for the worker group as long as it takes (Ray's way)
+    target: OperatingTarget | None = None  # --positive-class with --target-recall/--target-precision
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,3 +65,4 @@ class WorkerConfig:
     valid_idx: np.ndarray
     threads: int
     fail_after_epoch: int = 0  # test-only fault injection (FAIL_AFTER_EPOCH_ENV); 0: off
+    target: OperatingTarget | None = None  # the operating point to pick on the validation set

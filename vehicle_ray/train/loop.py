@@ -25,6 +25,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import load_model
 
 from vehicle_ray.artifact import write_artifact
+from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.callback import (
     WEIGHTS_FILE,
     DataParallel,
@@ -38,6 +39,7 @@ from vehicle_ray.train.callback import (
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
 from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.train.staging import local_images
+from vehicle_ray.train.validation import validation_set
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +114,11 @@ def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, positio
     if hasattr(learn, "mixed_precision"):
         learn.to_fp32()
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
+    validation = validation_set(learn, TTASettings(cfg.recipe.tta_n, cfg.recipe.tta_beta))  # on the training device
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
         write_checkpoint(Path(tmp), learn, position)
         artifact = Path(tmp) / ARTIFACT_SUBDIR
         artifact.mkdir()
         learn.model.cpu()
-        write_artifact(artifact, learn, cfg.recipe, cfg.data.classes, position.history)
+        write_artifact(artifact, learn, cfg.recipe, cfg.data.classes, position.history, validation, cfg.target)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
