@@ -25,11 +25,12 @@ class ValidationSet:
 
 
 def validation_set(
-    learn, tta: TTASettings, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    learn, tta: TTASettings, forward: Callable[[torch.Tensor], torch.Tensor] | None = None, dl=None
 ) -> ValidationSet:
-    """Run the validation DataLoader's decoded uint8 images through scoring's TTA with the learner's
-    batch transforms (IntToFloatTensor, training augmentation for the augmented passes, Normalize).
-    `forward` (default: the learner's model in eval mode) maps a normalised batch to logits."""
+    """Run the validation DataLoader's (or another labeled fastai DataLoader's) decoded uint8 images
+    through scoring's TTA with the learner's batch transforms (IntToFloatTensor, training augmentation
+    for the augmented passes, Normalize). `forward` (default: the learner's model in eval mode) maps a
+    normalised batch to logits."""
     model = learn.model.eval()
     if forward is None:
 
@@ -38,7 +39,7 @@ def validation_set(
             return model(torch.as_tensor(x)).float()
 
     plain_tfms, aug_tfms = batch_pipelines(list(learn.dls.train.after_batch.fs))
-    decoded = learn.dls.valid.new(after_batch=Pipeline([]), shuffle=False, drop_last=False)
+    decoded = (dl or learn.dls.valid).new(after_batch=Pipeline([]), shuffle=False, drop_last=False)
     probs, plain, targets = [], [], []
     with torch.inference_mode():
         for images, y in decoded:
