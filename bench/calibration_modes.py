@@ -1,7 +1,10 @@
 """Which temperature scaling calibrates TTA better: one temperature on the served (TTA-blended)
 probabilities, or one on every pass's logits before the blend? Cross-fitted on a held-out labeled set.
 
-    python bench/calibration_modes.py MODEL_DIR LABELED_CSV IMAGES [--folds 2] [--seed 0]
+    python bench/calibration_modes.py MODEL_DIR LABELED_CSV [--folds 2] [--seed 0]
+
+(LABELED_CSV's file names are read relative to the image root the model was trained on, as
+export.pkl's DataBlock does: e.g. the sample data's test_labels.csv.)
 
 Runs the artifact's export.pkl through scoring's own TTA (train/validation.py) on the labeled set,
 recording every pass's logits; for each fold fits both temperatures on the other folds and reports
@@ -23,15 +26,16 @@ from scipy.special import softmax
 
 from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON
 from vehicle_ray.calibration import TEMPERATURE_BOUNDS, apply_temperature, ece, fit_temperature, nll
+from vehicle_ray.data import FN, LABEL
 from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.validation import validation_set
 
 
-def passes(model_dir: Path, csv: Path, images: Path, tta: TTASettings):
+def passes(model_dir: Path, csv: Path, tta: TTASettings):
     """(blended probabilities, plain logits (N, K), augmented logits (n, N, K), targets)."""
     learn = load_learner(model_dir / EXPORT_PKL, cpu=True)
     labels = pd.read_csv(csv, dtype=str)
-    items = pd.DataFrame({"fn": [str(images / f) for f in labels.iloc[:, 0]], "label": labels.iloc[:, 1]})
+    items = pd.DataFrame({FN: labels.iloc[:, 0], LABEL: labels.iloc[:, 1]})  # the learner's ColReaders
     dl = learn.dls.test_dl(items, with_labels=True)
     recorded: list[torch.Tensor] = []
 
@@ -62,14 +66,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("csv", type=Path)
-    parser.add_argument("images", type=Path)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     meta = json.loads((args.model / MODEL_JSON).read_text())
     tta = TTASettings(meta["tta"]["n"], meta["tta"]["beta"])
-    blended, plain, aug, targets = passes(args.model, args.csv, args.images, tta)
+    blended, plain, aug, targets = passes(args.model, args.csv, tta)
     assert np.allclose(per_pass_blend(plain, aug, tta.beta, 1.0), blended, atol=1e-5)  # same blend as scoring
     folds = np.random.default_rng(args.seed).permutation(len(targets)) % args.folds
     scores = {m: {"nll": [], "ece": [], "temperature": []} for m in ("none", "blended", "per_pass")}
