@@ -100,7 +100,13 @@ def reliability_plot(table: list[dict[str, float]], ece: float, path: Path) -> N
     lows = [r["low"] for r in table]
     widths = [r["high"] - r["low"] for r in table]
     ax.bar(lows, [r["accuracy"] for r in table], width=widths, align="edge", edgecolor="black", label="accuracy")
-    ax.plot([r["confidence"] for r in table], [r["accuracy"] for r in table], "o", color="C1", label="mean confidence")
+    ax.plot(
+        [r["confidence"] for r in table],
+        [r["accuracy"] for r in table],
+        "o",
+        color="C1",
+        label="(mean confidence, accuracy)",
+    )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
