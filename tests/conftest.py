@@ -101,7 +101,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
 @pytest.fixture(scope="session")
 def trained_model(ray_local, sample_dir, tmp_path_factory) -> Path:
-    """One real 2-worker Ray Train run of the tiny CPU recipe; scoring and evaluation tests reuse it."""
+    """One real 2-worker Ray Train run of the tiny CPU recipe; scoring and evaluation tests reuse it.
+    Class "1" (emergency) is the positive class, with an operating point for recall 0.95."""
+    from vehicle_ray.decision import OperatingTarget
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.train.config import TrainOptions
     from vehicle_ray.train.driver import train
@@ -114,6 +116,7 @@ def trained_model(ray_local, sample_dir, tmp_path_factory) -> Path:
             out=out,
             workers=2,
             storage_path=str(tmp_path_factory.mktemp("ray_runs")),
+            target=OperatingTarget("1", target_recall=0.95),
         ),
         load_recipe("tiny_cpu"),
     )

@@ -6,7 +6,10 @@
     model.int8.onnx    a static-int8 copy of it, calibrated on augmented training batches: the CPU
                        backend for TTA's passes (scoring without TTA always runs model.onnx)
     model.json         arch, classes in order, input size/resize/normalisation, augmentation and
-                       TTA defaults, validation metrics, library versions, sha256 of every file
+                       TTA defaults, validation metrics, library versions, sha256 of every file;
+                       fitted on the validation set as scoring serves it: calibration (temperature
+                       scaling), monitoring_baseline (class rates, confidence histogram) and, for a
+                       positive class, operating_point (threshold, achieved precision/recall)
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
     training_curves.png  losses and metrics per epoch, stage boundaries marked
 
@@ -34,8 +37,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
+from vehicle_ray.calibration import apply_temperature, calibration_record
 from vehicle_ray.data import is_uri, resolve_location
+from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
+from vehicle_ray.monitoring import baseline, confidence_histogram
 from vehicle_ray.recipe import HISTORY_FIELDS, Recipe
 from vehicle_ray.report.plots import training_curves
 
@@ -43,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where it is used: the scoring driver reads artifacts without it
     import torch
+
+    from vehicle_ray.train.validation import ValidationSet
 
 MODEL_JSON = "model.json"
 EXPORT_PKL = "export.pkl"
@@ -150,6 +158,41 @@ def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.n
             return
 
 
+def validation_fields(
+    validation: ValidationSet, classes: list[str], target: OperatingTarget | None = None
+) -> dict[str, Any]:
+    """model.json's calibration, monitoring_baseline and (with a target) operating_point, fitted on the
+    validation set. Temperature scaling is fitted on the served probabilities, after the TTA blend
+    (bench/calibration_modes.py measured it against scaling each pass's logits before the blend: as
+    good or better here, and it never changes a label), once for TTA as configured and once for the
+    plain pass that `--no-tta` serves."""
+    tta, plain = (calibration_record(p, validation.targets) for p in (validation.probs, validation.plain))
+    served = {"tta": validation.probs, "plain": validation.plain}
+    temperatures = {"tta": tta["temperature"], "plain": plain["temperature"]}
+    calibrated = {mode: apply_temperature(p, temperatures[mode]) for mode, p in served.items()}
+    fields: dict[str, Any] = {
+        "calibration": {
+            "method": "temperature",
+            "applied_to": "served probabilities: softmax(log(p) / temperature), after the TTA blend",
+            "validation_images": int(len(validation.targets)),
+            "tta": {"n": validation.tta.n, "beta": validation.tta.beta, **tta},
+            "plain": plain,
+        },
+        "monitoring_baseline": {
+            mode: {
+                **baseline(calibrated[mode], classes),
+                "confidence_histogram_raw": confidence_histogram(served[mode].max(axis=1)),
+            }
+            for mode in served
+        },
+    }
+    if target is not None:
+        positive = target.check_classes(classes)
+        point = pick_operating_point(calibrated["tta"][:, positive], validation.targets == positive, target)
+        fields["operating_point"] = {**point, "fitted_on": "validation set, calibrated TTA probabilities"}
+    return fields
+
+
 def write_artifact(
     directory: Path,
     learn,
@@ -157,9 +200,13 @@ def write_artifact(
     classes: list[str],
     history: list[dict[str, Any]],
     training: dict[str, Any] | None = None,
+    validation: ValidationSet | None = None,
+    target: OperatingTarget | None = None,
 ) -> dict:
     """Write every artifact file of a trained learner into `directory` (which must exist and be empty).
-    `training`: how it was trained (device, precision, workers: train.hardware), recorded as it ran."""
+    `training`: how it was trained (device, precision, workers: train.hardware), recorded as it ran;
+    `validation` (the validation set as scoring serves it) adds calibration, the monitoring baseline and
+    the operating point for `target`."""
     from safetensors.torch import save_model
 
     learn.export(directory / EXPORT_PKL)
@@ -192,6 +239,7 @@ def write_artifact(
         },
         "tta": {"n": recipe.tta_n, "beta": recipe.tta_beta},
         "metrics": final,
+        **(validation_fields(validation, list(classes), target) if validation is not None else {}),
         "recipe": recipe.to_dict(),
         "training": training or {},
         "versions": library_versions(),
@@ -200,6 +248,23 @@ def write_artifact(
     }
     (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def record_operating_point(model: str | Path, point: dict[str, Any]) -> None:
+    """Set model.json's operating_point (evaluate --save-operating-point): one atomic write of model.json
+    (a rename locally, a single PUT at a URI); no other file changes, so every sha256 stays valid."""
+    fs, base, _ = resolve_location(model, "--model")
+    path = posixpath.join(base, MODEL_JSON)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise InputError(f"--save-operating-point needs a vehicle_ray model directory with {MODEL_JSON}: {model}")
+    with fs.open_input_stream(path) as f:
+        meta = json.loads(f.read().decode())
+    data = (json.dumps({**meta, "operating_point": point}, indent=2) + "\n").encode()
+    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if target != path:
+        fs.move(target, path)
 
 
 def require_free_output(out: str | Path, overwrite: bool) -> None:

@@ -11,16 +11,16 @@ from typing import Any, Callable
 
 import click
 
-from vehicle_ray.errors import EXIT_INPUT, EXIT_TRY_LATER, InputError, TryLater
+from vehicle_ray.errors import EXIT_DRIFT, EXIT_INPUT, EXIT_TRY_LATER, DriftAlert, InputError, TryLater
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import bundled_recipes
-from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions, parse_actors
+from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions, parse_actors, parse_band
 from vehicle_ray.train.config import TrainOptions
 
 
 class Group(click.Group):
     """Turns InputError into `Error: ...` and exit code 2, TryLater into `Busy: ...` and exit code 75
-    (EX_TEMPFAIL), from any subcommand, with no traceback."""
+    (EX_TEMPFAIL), DriftAlert into `Drift: ...` and exit code 3, from any subcommand, with no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -31,6 +31,9 @@ class Group(click.Group):
         except TryLater as exc:
             click.echo(f"Busy: {exc}", err=True)
             ctx.exit(EXIT_TRY_LATER)
+        except DriftAlert as exc:
+            click.echo(f"Drift: {exc}", err=True)
+            ctx.exit(EXIT_DRIFT)
 
 
 def default(options_class: type, name: str) -> Any:
@@ -85,6 +88,20 @@ _RECIPE_OPTIONS = [
     click.option("--max-lighting", type=float, help="Max lighting change."),
     click.option("--max-warp", type=float, help="Max perspective warp."),
 ]
+
+
+def operating_point_options(f: Callable) -> Callable:
+    """--positive-class with --target-recall or --target-precision (train, evaluate)."""
+    f = click.option("--target-precision", type=float, help="Pick the lowest threshold reaching this precision.")(f)
+    f = click.option(
+        "--target-recall", type=float, help="Pick the highest threshold reaching this recall (e.g. 0.95)."
+    )(f)
+    f = click.option(
+        "--positive-class",
+        help="The class that matters: an operating point (threshold on its probability) is picked for "
+        "--target-recall or --target-precision and recorded in model.json.",
+    )(f)
+    return f
 
 
 def recipe_options(f: Callable) -> Callable:
@@ -203,6 +220,7 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
     help="Process-group timeout (NCCL; gloo on CPU): how long a hung collective waits before failing.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (at a URI: an existing model).")
+@operating_point_options
 def train_cmd(
     csv_path: str,
     images: str,
@@ -221,9 +239,13 @@ def train_cmd(
     loader_workers: int | None,
     nccl_timeout: float,
     overwrite: bool,
+    positive_class: str | None,
+    target_recall: float | None,
+    target_precision: float | None,
     **recipe_flags: Any,
 ) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
+    from vehicle_ray.decision import target_from_flags
     from vehicle_ray.train.driver import train
 
     opts = TrainOptions(
@@ -244,6 +266,7 @@ def train_cmd(
         loader_workers=loader_workers,
         nccl_timeout=nccl_timeout,
         overwrite=overwrite,
+        target=target_from_flags(positive_class, target_recall, target_precision),
     )
     recipe, auto = build_recipe(**recipe_flags)
     if auto:
@@ -380,6 +403,30 @@ def lr_find_cmd(
     show_default=True,
     help="Seconds between progress lines when stdout is not a terminal.",
 )
+@click.option(
+    "--no-calibration",
+    "calibration",
+    flag_value=False,
+    default=True,
+    help="Serve raw probabilities, not the temperature-scaled ones of model.json's calibration.",
+)
+@click.option(
+    "--uncertain-band",
+    metavar="LOW,HIGH",
+    help="decision = uncertain where the positive class's probability is within [LOW, HIGH] "
+    "(needs a model with an operating point).",
+)
+@click.option(
+    "--min-confidence",
+    type=float,
+    help="decision = uncertain where the chosen class's probability is below this (multi-class abstention).",
+)
+@click.option(
+    "--fail-on-drift",
+    type=float,
+    metavar="PSI",
+    help="After committing the run, exit 3 if its drift from the validation baseline is above PSI (e.g. 0.25).",
+)
 def score_cmd(
     model: str,
     source: str,
@@ -388,6 +435,7 @@ def score_cmd(
     output: str,
     allow_pickle: bool,
     actors: str | None,
+    uncertain_band: str | None,
     **options: Any,
 ) -> None:
     """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
@@ -400,9 +448,32 @@ def score_cmd(
         output,
         images=images,
         allow_pickle=allow_pickle,
-        opts=ScoreOptions(fn_col=column(fn_col), actors=low, max_actors=high, **options),
+        opts=ScoreOptions(
+            fn_col=column(fn_col), actors=low, max_actors=high, uncertain_band=parse_band(uncertain_band), **options
+        ),
     )
     click.echo(summary.line())
+
+
+@cli.command("runs")
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of runs (for machines) instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw class rates, confidence and drift over runs.")
+def runs_cmd(output: str, as_json: bool, plot: str | None) -> None:
+    """List the committed scoring runs in OUTPUT (a directory or URI): time, files, errors, class rates,
+    mean confidence, drift from the validation baseline, flags."""
+    import json
+    from pathlib import Path
+
+    from vehicle_ray.monitoring import format_table, run_rows
+    from vehicle_ray.score.store import OutputStore
+
+    rows = run_rows(OutputStore.open_existing(output).run_records())
+    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+    if plot:
+        from vehicle_ray.report.plots import runs_plot
+
+        runs_plot(rows, Path(plot))
 
 
 @cli.command("evaluate")
@@ -415,10 +486,27 @@ def score_cmd(
 @click.option("--batch-size", default=default(ScoreOptions, "batch_size"), show_default=True, help="Images per batch.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=default(ScoreOptions, "backend"), show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl.")
+@operating_point_options
+@click.option(
+    "--save-operating-point", is_flag=True, help="Record the operating point picked here in the model's model.json."
+)
 def evaluate_cmd(
-    model: str, csv_path: str, images: str, fn_col: str, label_col: str, out: str, allow_pickle: bool, **options: Any
+    model: str,
+    csv_path: str,
+    images: str,
+    fn_col: str,
+    label_col: str,
+    out: str,
+    allow_pickle: bool,
+    positive_class: str | None,
+    target_recall: float | None,
+    target_precision: float | None,
+    save_operating_point: bool,
+    **options: Any,
 ) -> None:
-    """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses, report."""
+    """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses,
+    reliability diagram, PR/ROC curves and threshold table, report."""
+    from vehicle_ray.decision import target_from_flags
     from vehicle_ray.report.evaluate import evaluate
 
     m = evaluate(
@@ -430,6 +518,8 @@ def evaluate_cmd(
         column(label_col),
         ScoreOptions(**options),
         allow_pickle=allow_pickle,
+        target=target_from_flags(positive_class, target_recall, target_precision),
+        save_operating_point=save_operating_point,
     )
     click.echo(
         f"accuracy {m['accuracy']:.4f} (no TTA {m['accuracy_no_tta']:.4f}) on {m['n']} images; report: {out}/report.md"

@@ -8,6 +8,7 @@ failure and exits 1. Schedulers get their own codes, never 1 or 2 (README "Exit 
 
 EXIT_INPUT = 2
 EXIT_TRY_LATER = 75  # EX_TEMPFAIL from sysexits.h: cron/systemd/KubeRay treat it as "run again later"
+EXIT_DRIFT = 3  # score --fail-on-drift: the run is committed, but its data drifted; alert, do not retry
 
 
 class InputError(Exception):
@@ -16,3 +17,7 @@ class InputError(Exception):
 
 class TryLater(Exception):
     """Another run holds the output: one line, exit code 75, nothing was written."""
+
+
+class DriftAlert(Exception):
+    """A committed scoring run drifted beyond --fail-on-drift: one line, exit code 3."""

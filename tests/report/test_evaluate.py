@@ -46,6 +46,22 @@ def test_evaluate_report_on_held_out_labels(trained_model, sample_dir, tmp_path,
     _png_ok(out / "top_losses.png")
     report = (out / "report.md").read_text()
     assert "confusion_matrix.png" in report and "top_losses.png" in report and f"{m['accuracy']:.4f}" in report
+    # decisions: served probabilities are calibrated; the model's operating point (class "1") is marked
+    assert m["calibration"]["calibrated"] and 0.0 <= m["calibration"]["ece"] <= 1.0
+    assert sum(b["count"] for b in m["calibration"]["reliability"]) == 100
+    d = m["decision"]
+    assert d["positive_class"] == "1" and 0.5 < d["roc_auc"] <= 1.0 and 0.5 < d["average_precision"] <= 1.0
+    assert (
+        d["operating_point"]["threshold"]
+        == json.loads((trained_model / "model.json").read_text())["operating_point"]["threshold"]
+    )
+    table = d["threshold_table"]
+    assert [r["threshold"] for r in table][:2] == [0.05, 0.1] and all(0 <= r["uncertain"] <= 1 for r in table)
+    assert [r["recall"] for r in table] == sorted((r["recall"] for r in table), reverse=True)
+    for png in ("reliability.png", "pr_roc.png"):
+        _png_ok(out / png)
+        assert png in report
+    assert "| threshold | precision | recall | F1 | flagged | uncertain |" in report
 
 
 @pytest.mark.slow

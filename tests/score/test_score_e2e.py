@@ -92,7 +92,7 @@ def test_no_tta_equals_fastai_get_preds(trained_model, sample_dir, tmp_path, ray
         listing,
         tmp_path / "out",
         images=sample_dir / "images",
-        opts=ScoreOptions(no_tta=True, backend=backend),
+        opts=ScoreOptions(no_tta=True, backend=backend, calibration=False),
     )
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     learn, dl = _fastai_test_dl(trained_model, files)
@@ -116,7 +116,7 @@ def test_tta_agrees_with_fastai_tta(trained_model, sample_dir, tmp_path, ray_loc
         listing,
         tmp_path / "out",
         images=sample_dir / "images",
-        opts=ScoreOptions(tta_n=12, tta_precision=precision),
+        opts=ScoreOptions(tta_n=12, tta_precision=precision, calibration=False),
     )
     ours = read(tmp_path / "out").set_index("path").loc[[str(f) for f in files]]
     assert set(ours["tta_n"]) == {12} and set(ours["tta_beta"]) == {0.25}

@@ -1,7 +1,10 @@
 """Evaluate a model on a labeled set through the scoring pipeline, and draw the pictures.
 
-Writes metrics.json, confusion_matrix.png, top_losses.png, predictions.parquet (joined with the
-truth) and report.md. The TTA-off accuracy comes for free: the plain pass is one of TTA's passes.
+Writes metrics.json, confusion_matrix.png, top_losses.png, reliability.png (with ECE), and for a
+positive class pr_roc.png (PR and ROC curves with AP and AUC, the operating point marked) and a
+threshold table; predictions.parquet (joined with the truth) and report.md. The TTA-off accuracy
+comes for free: the plain pass is one of TTA's passes. Everything is measured on the probabilities
+scoring serves (calibrated when the model has calibration).
 """
 
 from __future__ import annotations
@@ -14,16 +17,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
+from vehicle_ray.artifact import record_operating_point
+from vehicle_ray.calibration import ece, nll, reliability_table
 from vehicle_ray.data import FN, LABEL, read_labeled_csv
+from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
-from vehicle_ray.report.plots import confusion_matrix_plot, top_losses_plot
+from vehicle_ray.report.plots import confusion_matrix_plot, decision_curves_plot, reliability_plot, top_losses_plot
 from vehicle_ray.score.driver import score
-from vehicle_ray.score.model import resolve_model
+from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 
 TOP_LOSSES = 9
+TABLE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+UNCERTAIN_HALF_WIDTH = 0.1  # the threshold table's "uncertain": probabilities within +-0.1 of the threshold
 
 
 def classification_metrics(actual: list[str], predicted: list[str], classes: list[str]) -> dict[str, Any]:
@@ -41,6 +56,66 @@ def classification_metrics(actual: list[str], predicted: list[str], classes: lis
     }
 
 
+def at_threshold(scores: np.ndarray, is_positive: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1, false positive rate and the share flagged positive for `scores >= threshold`,
+    plus the share within UNCERTAIN_HALF_WIDTH of it (what a band around the threshold sends to people)."""
+    flagged = scores >= threshold
+    precision, recall, f1, _ = precision_recall_fscore_support(is_positive, flagged, average="binary", zero_division=0)
+    negatives = max(int((~is_positive).sum()), 1)
+    return {
+        "threshold": float(threshold),
+        "precision": round(float(precision), 6),
+        "recall": round(float(recall), 6),
+        "f1": round(float(f1), 6),
+        "fpr": round(float((flagged & ~is_positive).sum() / negatives), 6),
+        "flagged": round(float(flagged.mean()), 6),
+        "uncertain": round(float((np.abs(scores - threshold) <= UNCERTAIN_HALF_WIDTH).mean()), 6),
+    }
+
+
+def decision_metrics(
+    probs: np.ndarray, actual_idx: np.ndarray, classes: list[str], positive: str, point: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics.json's `decision` section, the curves to draw) for one positive class: AP and ROC AUC,
+    the threshold table, and the operating point's precision/recall on this set."""
+    scores = probs[:, classes.index(positive)].astype(np.float32)
+    is_positive = actual_idx == classes.index(positive)
+    if is_positive.all() or not is_positive.any():
+        raise InputError(f"the labeled set needs both {positive!r} and other images for PR/ROC curves")
+    precision, recall, _ = precision_recall_curve(is_positive, scores)
+    fpr, tpr, _ = roc_curve(is_positive, scores)
+    curves = {
+        "precision": precision,
+        "recall": recall,
+        "fpr": fpr,
+        "tpr": tpr,
+        "ap": float(average_precision_score(is_positive, scores)),
+        "auc": float(roc_auc_score(is_positive, scores)),
+    }
+    section = {
+        "positive_class": positive,
+        "average_precision": round(curves["ap"], 6),
+        "roc_auc": round(curves["auc"], 6),
+        "uncertain_half_width": UNCERTAIN_HALF_WIDTH,
+        "threshold_table": [at_threshold(scores, is_positive, t) for t in TABLE_THRESHOLDS],
+        "operating_point": None
+        if point is None
+        else {**point, **at_threshold(scores, is_positive, point["threshold"])},
+    }
+    return section, curves
+
+
+def _positive_class(spec: ModelSpec, target: OperatingTarget | None) -> str | None:
+    """The class PR/ROC curves are drawn for: evaluate's --positive-class, else the model's operating
+    point's, else the second class of a two-class model (model.json order), else none."""
+    if target is not None:
+        target.check_classes(spec.classes)
+        return target.positive_class
+    if spec.operating_point is not None:
+        return spec.operating_point["positive_class"]
+    return spec.classes[1] if len(spec.classes) == 2 else None
+
+
 def evaluate(
     model: str | Path,
     csv: str | Path,
@@ -50,8 +125,15 @@ def evaluate(
     label_col: str | int = 1,
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
+    target: OperatingTarget | None = None,
+    save_operating_point: bool = False,
 ) -> dict[str, Any]:
+    """Score the labeled set and write the report. `target` picks an operating point on this set
+    (saved into the model's model.json with `save_operating_point`)."""
+    if save_operating_point and target is None:
+        raise InputError("--save-operating-point needs --positive-class and a target")
     spec = resolve_model(model, allow_pickle)
+    positive = _positive_class(spec, target)
     data = read_labeled_csv(csv, images, fn_col, label_col)
     unknown = sorted(set(data.classes) - set(spec.classes))
     if unknown:
@@ -87,6 +169,26 @@ def evaluate(
     metrics["tta"] = summary.tta
     metrics["unscored"] = summary.errors
     metrics["model_id"] = spec.model_id
+    table = reliability_table(probs, actual_idx)
+    metrics["calibration"] = {
+        "calibrated": summary.calibration["applied"],
+        "temperature": summary.calibration["temperature"],
+        "ece": round(ece(probs, actual_idx), 6),
+        "nll": round(nll(probs, actual_idx), 6),
+        "reliability": table,
+    }
+    reliability_plot(table, metrics["calibration"]["ece"], out / "reliability.png")
+    if positive is not None:
+        scores = probs[:, classes.index(positive)]
+        point = (
+            pick_operating_point(scores, actual_idx == classes.index(positive), target)
+            if target is not None
+            else spec.operating_point
+        )
+        metrics["decision"], curves = decision_metrics(probs, actual_idx, classes, positive, point)
+        decision_curves_plot(curves, positive, metrics["decision"]["operating_point"], out / "pr_roc.png")
+        if save_operating_point:
+            record_operating_point(model, {**point, "fitted_on": f"evaluate on {csv}"})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     joined.drop(columns=["plain_probabilities"]).to_parquet(out / "predictions.parquet", index=False)
     matrix = np.asarray(metrics["confusion_matrix"]["rows_actual_columns_predicted"])
@@ -130,7 +232,53 @@ def _write_report(out: Path, metrics: dict[str, Any], unscored: int) -> None:
         "",
         "![top losses](top_losses.png)",
         "",
+        *_calibration_lines(metrics),
+        *_decision_lines(metrics.get("decision")),
         "Data: [metrics.json](metrics.json), [predictions.parquet](predictions.parquet).",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
+    c = metrics["calibration"]
+    served = f"temperature-scaled (T={c['temperature']:.3f})" if c["calibrated"] else "raw (not calibrated)"
+    return [
+        f"## Calibration\n\nProbabilities as served: {served}. ECE **{c['ece']:.4f}**, NLL {c['nll']:.4f}.",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+
+
+def _decision_lines(d: dict[str, Any] | None) -> list[str]:
+    if d is None:
+        return []
+    point = d["operating_point"]
+    lines = [
+        f"## Decisions for `{d['positive_class']}`",
+        "",
+        f"Average precision **{d['average_precision']:.4f}**, ROC AUC **{d['roc_auc']:.4f}**.",
+        "",
+    ]
+    if point is not None:
+        lines += [
+            f"Operating point: threshold {point['threshold']:.4f} (picked on {point.get('fitted_on', 'this set')}) "
+            f"gives precision {point['precision']:.3f} and recall {point['recall']:.3f} on this set.",
+            "",
+        ]
+    lines += [
+        "![PR and ROC curves](pr_roc.png)",
+        "",
+        f"Threshold table (uncertain: share within +-{d['uncertain_half_width']} of the threshold):",
+        "",
+        "| threshold | precision | recall | F1 | flagged | uncertain |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+            f"{r['flagged']:.3f} | {r['uncertain']:.3f} |"
+            for r in d["threshold_table"]
+        ],
+        "",
+    ]
+    return lines

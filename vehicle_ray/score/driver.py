@@ -30,7 +30,9 @@ import ray
 from vehicle_ray.artifact import open_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
-from vehicle_ray.errors import InputError
+from vehicle_ray.decision import decision_policy
+from vehicle_ray.errors import DriftAlert, InputError
+from vehicle_ray.monitoring import RunMonitor, drift_of
 from vehicle_ray.score.decode import decode_batch
 from vehicle_ray.score.done_index import path_hashes
 from vehicle_ray.score.lease import Lease, lease_backend
@@ -41,9 +43,11 @@ from vehicle_ray.score.planning import (
     Plan,
     actor_device,
     describe_precisions,
+    monitoring_reference,
     plan_resources,
     read_ahead_bytes,
     recorded_tta,
+    served_temperature,
     tta_settings,
 )
 from vehicle_ray.score.predictor import Predictor
@@ -73,6 +77,9 @@ class ScoreSummary:
     resources: dict = field(default_factory=dict)
     chunks: int = 0
     commit_every: int = 0
+    calibration: dict = field(default_factory=dict)  # applied (bool) and the temperature
+    decision: dict = field(default_factory=dict)  # the decision policy (DecisionPolicy.describe)
+    monitoring: dict = field(default_factory=dict)  # class rates, confidence, error rate, drift, flags
 
     def line(self) -> str:
         return (
@@ -90,10 +97,22 @@ def score(
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
 ) -> ScoreSummary:
-    """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`."""
+    """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`.
+    With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert after it is committed."""
     t0 = time.perf_counter()
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
+    temperature = served_temperature(spec, tta, opts)
+    served = {
+        "temperature": temperature,
+        "policy": decision_policy(spec.classes, spec.operating_point, opts.uncertain_band, opts.min_confidence),
+    }
+    reference = monitoring_reference(spec, tta, temperature)
+    if opts.fail_on_drift is not None and reference is None:
+        raise InputError(
+            f"--fail-on-drift: {spec.model_id} has no validation baseline (monitoring_baseline in model.json); "
+            "retrain it with this version"
+        )
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
         open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
@@ -131,8 +150,11 @@ def score(
             f"committing every {opts.commit_every} files"
         )
         ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
+        monitor = RunMonitor(spec.classes)
         committed = (
-            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, ran)
+            _score_in_chunks(
+                store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, served, monitor, ran
+            )
             if new
             else []
         )
@@ -159,8 +181,18 @@ def score(
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
+            calibration={"applied": temperature is not None, "temperature": temperature},
+            decision=served["policy"].describe(spec.classes),
+            monitoring=monitor.summary(new, errors, reference),
         )
         store.finish_run(run_id, asdict(summary), committed)
+    drift = drift_of(asdict(summary))
+    if opts.fail_on_drift is not None and drift is not None and drift > opts.fail_on_drift:
+        raise DriftAlert(
+            f"run {run_id} drifted from the validation baseline: PSI {drift:.3f} > --fail-on-drift "
+            f"{opts.fail_on_drift:g} (flags: {', '.join(summary.monitoring['flags']) or 'none'}); the run is "
+            f"committed ({summary.scored} scored, {summary.errors} errors)"
+        )
     return summary
 
 
@@ -181,6 +213,7 @@ def _dataset(
     tta: TTASettings,
     plan: Plan,
     opts: ScoreOptions,
+    served: dict,
 ) -> ray.data.Dataset:
     """read_parquet(manifest) → map_batches(decode_batch) on CPU tasks → map_batches(Predictor) actors."""
     # Manifest files hold up to MANIFEST_CHUNK rows each: split them into batch-sized blocks so each
@@ -217,6 +250,7 @@ def _dataset(
             "threads": plan.threads,
             "emit_plain": opts.emit_plain,
             "device": actor_device(plan.gpus_per_actor),
+            **served,
         },
     )
 
@@ -247,9 +281,12 @@ def _score_in_chunks(
     total: int,
     elastic: bool,
     lease: Lease | None,
+    served: dict,
+    monitor: RunMonitor,
     ran: dict[str, set[str]] | None = None,
 ) -> list[ChunkCommit]:
-    """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them."""
+    """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them;
+    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row."""
     wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
     seen = _SeenPaths()
@@ -268,10 +305,14 @@ def _score_in_chunks(
 
     if elastic:
         _wait_for_first_actor(plan, wait)
-    ds = _dataset(store, manifest, root, spec, tta, plan, opts)
+    ds = _dataset(store, manifest, root, spec, tta, plan, opts, served)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
             pending.append(seen.drop_repeats(batch))
+            monitor.update(
+                pending[-1].column("label").to_pylist(),
+                pending[-1].column("confidence").to_numpy(),
+            )
             if ran is not None:  # what the actors ran (a GPU actor: bf16 or fp16), for summary.json
                 for column in ("tta_plain_precision", "tta_aug_precision"):
                     ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())

@@ -35,6 +35,10 @@ class ModelSpec:
     tta_defaults: TTASettings
     has_onnx: bool
     has_int8: bool = False
+    # fitted on the validation set at training (model.json; None in older artifacts and pickles)
+    calibration: dict | None = None
+    operating_point: dict | None = None
+    baseline: dict | None = None
 
 
 def pickle_learner(directory: Path):
@@ -99,6 +103,9 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
             tta_defaults=TTASettings(tta["n"], tta["beta"]),
             has_onnx=ONNX in art.meta["files"],
             has_int8=ONNX_INT8 in art.meta["files"],
+            calibration=art.meta.get("calibration"),
+            operating_point=art.meta.get("operating_point"),
+            baseline=art.meta.get("monitoring_baseline"),
         )
     if not allow_pickle:
         raise InputError(

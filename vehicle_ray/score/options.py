@@ -48,6 +48,10 @@ class ScoreOptions:
     lease_ttl: float = 120.0  # a holder silent for longer is presumed dead
     wait_for_resources: float | None = None  # seconds for the first model actor to start; None: 600 on a cluster
     progress_interval: float = 30.0  # seconds between progress lines outside a terminal
+    calibration: bool = True  # apply model.json's temperature when it has one (CLI: --no-calibration)
+    uncertain_band: tuple[float, float] | None = None  # positive-class probabilities decided "uncertain"
+    min_confidence: float | None = None  # below it the argmax class is decided "uncertain"
+    fail_on_drift: float | None = None  # after committing, exit EXIT_DRIFT when the run's drift is above it
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,6 +81,12 @@ class ScoreOptions:
             problems.append("--gpus-per-actor must be >= 0")
         if self.max_pixels < 1:
             problems.append("--max-pixels must be >= 1")
+        if self.uncertain_band is not None and not 0.0 <= self.uncertain_band[0] < self.uncertain_band[1] <= 1.0:
+            problems.append("--uncertain-band LOW,HIGH needs 0 <= LOW < HIGH <= 1")
+        if self.min_confidence is not None and not 0.0 < self.min_confidence <= 1.0:
+            problems.append("--min-confidence must be within (0, 1]")
+        if self.fail_on_drift is not None and self.fail_on_drift < 0:
+            problems.append("--fail-on-drift must be >= 0")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -93,3 +103,14 @@ def parse_actors(text: str | None) -> tuple[int | None, int | None]:
         return (int(low), int(high)) if sep else (int(low), None)
     except ValueError:
         raise InputError(f"--actors takes N or MIN..MAX (got {text!r})") from None
+
+
+def parse_band(text: str | None) -> tuple[float, float] | None:
+    """--uncertain-band LOW,HIGH -> (low, high); the range itself is checked by ScoreOptions."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--uncertain-band takes LOW,HIGH (got {text!r})") from None
+    return low, high

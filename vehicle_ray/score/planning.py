@@ -160,3 +160,22 @@ def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
             "model.int8.onnx; use --tta-precision full"
         )
     return "int8" if int8_possible and opts.tta_precision != "full" else full_precision(opts)
+
+
+def served_temperature(spec: ModelSpec, tta: TTASettings, opts: ScoreOptions) -> float | None:
+    """The temperature scoring applies to the probabilities it serves: model.json's fit for the plain
+    pass when TTA is off, else its fit for TTA; None with --no-calibration or an artifact without
+    calibration (older artifacts, --allow-pickle), whose probabilities are served as before."""
+    if not opts.calibration or spec.calibration is None:
+        return None
+    return float(spec.calibration["plain" if tta.n == 0 else "tta"]["temperature"])
+
+
+def monitoring_reference(spec: ModelSpec, tta: TTASettings, temperature: float | None) -> dict | None:
+    """The validation baseline that matches what this run serves (TTA or plain, calibrated or raw
+    confidences); None when the artifact has none."""
+    if spec.baseline is None:
+        return None
+    mode = spec.baseline["plain" if tta.n == 0 else "tta"]
+    histogram = mode["confidence_histogram"] if temperature is not None else mode["confidence_histogram_raw"]
+    return {"class_rates": mode["class_rates"], "confidence_histogram": histogram}

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from vehicle_ray.artifact import WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.calibration import apply_temperature
+from vehicle_ray.decision import DecisionPolicy, decide
 from vehicle_ray.device import fastai_on_cpu, gpu_precision
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
 from vehicle_ray.score.planning import ran_precisions
@@ -125,7 +127,8 @@ class Predictor:
 
     `device` is the plan's (`planning.actor_device(gpus_per_actor)`): "cpu" keeps the actor off every
     GPU it may see. A GPU actor autocasts to bf16 or fp16 by its GPU's capability and records which
-    in its rows (tta_plain_precision / tta_aug_precision)."""
+    in its rows (tta_plain_precision / tta_aug_precision). `temperature` (None: raw) calibrates the
+    served probabilities; `policy` turns them into the `decision` column."""
 
     def __init__(
         self,
@@ -135,6 +138,8 @@ class Predictor:
         threads: int = 1,
         emit_plain: bool = False,
         device: str = "cpu",
+        temperature: float | None = None,
+        policy: DecisionPolicy | None = None,
     ):
         import torch
 
@@ -161,6 +166,7 @@ class Predictor:
         move_transform_tensors(transforms, self.device)  # also on CPU: a pickle may hold them on cuda
         self.plain, self.aug = batch_pipelines(transforms)
         self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
+        self.temperature, self.policy = temperature, policy or DecisionPolicy()
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -177,12 +183,16 @@ class Predictor:
                 self.forward, images, self.plain, self.aug, self.tta, self.aug_forward
             )
             probs[ok], plain[ok] = blended.cpu().numpy(), plain_pass.cpu().numpy()
+            if self.temperature is not None:
+                probs[ok] = apply_temperature(probs[ok], self.temperature)
         best = probs.argmax(axis=1)
         columns = {
             "path": pa.array([str(p) for p in batch["path"]], pa.string()),
             "label": pa.array(self.classes[best], pa.string(), mask=~ok),
             "confidence": pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
             "probabilities": _prob_lists(probs, ok),
+            "decision": pa.array(decide(probs, self.classes, self.policy), pa.string(), mask=~ok),
+            "calibrated": pa.array([self.temperature is not None] * n, pa.bool_()),
             "error": pa.array([e or None for e in errors], pa.string()),
             "model_id": pa.array([self.spec.model_id] * n, pa.string()),
             "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),

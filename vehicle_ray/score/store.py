@@ -96,6 +96,14 @@ class OutputStore:
         fs.create_dir(base, recursive=True)
         return cls(uri=str(output), fs=fs, base=base)
 
+    @classmethod
+    def open_existing(cls, output: str | Path) -> OutputStore:
+        """A store to read (`vehicle-ray runs`): InputError when there is no output directory."""
+        fs, base, info = resolve_location(output, "output")
+        if info.type != pafs.FileType.Directory:
+            raise InputError(f"no scoring output at {output}")
+        return cls(uri=str(output), fs=fs, base=base)
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)

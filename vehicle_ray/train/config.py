@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from vehicle_ray.data import LabeledSet
+from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
 
@@ -54,6 +55,7 @@ class TrainOptions:
     optimizer_state: bool = True  # checkpoints hold the optimizer state (about 2x the weights for Adam)
     loader_workers: int | None = None  # DataLoader worker processes; None: train.hardware's default
     nccl_timeout: float = DEFAULT_NCCL_TIMEOUT_S  # process-group timeout (NCCL; gloo on CPU), seconds
+    target: OperatingTarget | None = None  # --positive-class with --target-recall/--target-precision
 
     def __post_init__(self) -> None:
         problems = []
@@ -89,6 +91,7 @@ class WorkerConfig:
     optimizer_state: bool = True
     env: tuple[tuple[str, str], ...] = ()  # forwarded_env(): set in each worker before it trains
     fail_after_epoch: int = 0  # test-only fault injection (FAIL_AFTER_EPOCH_ENV); 0: off
+    target: OperatingTarget | None = None  # the operating point to pick on the validation set
 
 
 def forwarded_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import ray
 from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR as WORKER_GROUP_START_TIMEOUT_ENV
@@ -26,7 +27,8 @@ from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError,
 
 from vehicle_ray.artifact import open_artifact, publish, require_free_output
 from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources, require_shared_path
-from vehicle_ray.data import check_split, is_uri, read_labeled_csv, split_indices
+from vehicle_ray.data import LABEL, LabeledSet, check_split, is_uri, read_labeled_csv, split_indices
+from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
 from vehicle_ray.train.config import (
@@ -128,6 +130,19 @@ def resource_wait(
             os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = saved
 
 
+def require_positives(data: LabeledSet, valid_idx: np.ndarray, target: OperatingTarget) -> None:
+    """The operating point is picked on the validation split after training: refuse at once a positive
+    class that is unknown or that the split leaves without positive or negative examples."""
+    target.check_classes(list(data.classes))
+    labels = data.items[LABEL].iloc[valid_idx]
+    positives = int((labels == target.positive_class).sum())
+    if positives == 0 or positives == len(labels):
+        raise InputError(
+            f"--positive-class {target.positive_class!r}: the validation split has {positives} of {len(labels)} "
+            "images in that class; the operating point needs both (change --valid-pct or --seed)"
+        )
+
+
 def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
     """Train the recipe on Ray Train and publish the artifact to `opts.out` (a local path or a URI)."""
     t0 = time.perf_counter()
@@ -136,6 +151,8 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
     data = read_labeled_csv(opts.csv, opts.images, opts.fn_col, opts.label_col)
     train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
     check_split(data, train_idx)
+    if opts.target is not None:
+        require_positives(data, valid_idx, opts.target)
     state_dict = None
     if recipe.pretrained:  # fastai/torchvision are imported only when there are weights to fetch
         from vehicle_ray.train.learner import pretrained_state_dict
@@ -157,6 +174,7 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
         optimizer_state=opts.optimizer_state,
         env=forwarded_env(os.environ),
         fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")),
+        target=opts.target,
     )
     # imports torch (Ray's TorchConfig): only once training starts
     from ray.train.torch import TorchConfig, TorchTrainer

@@ -25,6 +25,7 @@ from fastai.data.core import DataLoaders
 
 from vehicle_ray.artifact import write_artifact
 from vehicle_ray.device import cpu_only
+from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.callback import (
     DataParallel,
     InjectedFailure,
@@ -38,6 +39,7 @@ from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerCon
 from vehicle_ray.train.hardware import plain_fp32, use_hardware, worker_hardware
 from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.train.staging import local_images
+from vehicle_ray.train.validation import validation_set
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +123,13 @@ def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, positio
         return
     plain_fp32(learn)
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
+    validation = validation_set(learn, TTASettings(cfg.recipe.tta_n, cfg.recipe.tta_beta))  # on the training device
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
         write_checkpoint(Path(tmp), learn, position, cfg.optimizer_state)
         artifact = Path(tmp) / ARTIFACT_SUBDIR
         artifact.mkdir()
         learn.model.cpu()
-        write_artifact(artifact, learn, cfg.recipe, cfg.data.classes, position.history, training)
+        write_artifact(
+            artifact, learn, cfg.recipe, cfg.data.classes, position.history, training, validation, cfg.target
+        )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
