@@ -13,7 +13,7 @@ from vehicle_ray.decision import (
     pick_operating_point,
 )
 from vehicle_ray.errors import InputError
-from vehicle_ray.monitoring import RunMonitor, baseline, format_table, psi, run_rows
+from vehicle_ray.monitoring import DRIFT_FLAG, RunMonitor, baseline, format_table, psi, run_rows
 from vehicle_ray.score.options import ScoreOptions, parse_band
 
 CLASSES = ["car", "emergency"]
@@ -136,3 +136,20 @@ def test_psi_and_run_monitoring_against_a_baseline():
     assert rows[0]["drift"] is None and rows[1]["drift"] == low["drift"]["max"]
     table = format_table(rows).splitlines()
     assert table[0].split()[:2] == ["RUN", "TIME"] and "20261128T020000Z-bbbbbb" in table[1]
+
+
+def test_samples_of_one_distribution_show_psi_noise_that_the_excess_removes():
+    """PSI between two small samples of the same distribution is far from 0 (about (k-1)(1/n1 + 1/n2));
+    `drift` reads the excess over that, so a small run drawn like the validation set is not flagged."""
+    rng = np.random.default_rng(1)
+    raw, excess = [], []
+    for _ in range(200):
+        reference = baseline(rng.dirichlet([0.5, 0.5], 80), CLASSES)
+        run = rng.dirichlet([0.5, 0.5], 60)
+        monitor = RunMonitor(CLASSES)
+        monitor.update(np.array(CLASSES, dtype=object)[run.argmax(1)].tolist(), run.max(1))
+        d = monitor.summary(60, 0, reference)["drift"]
+        raw.append(d["confidence_psi"])
+        excess.append(d["confidence_excess"])
+    assert np.median(raw) > 0.08  # noise alone (5 non-empty bins: about 4 * (1/60 + 1/80) = 0.12)
+    assert np.median(excess) < 0.02 and np.quantile(excess, 0.95) < DRIFT_FLAG

@@ -65,8 +65,8 @@ def test_calibrated_decisions_drift_and_older_artifacts(trained_model, sample_di
     runs = CliRunner().invoke(cli, ["runs", str(out), "--json", "--plot", str(tmp_path / "runs.png")])
     rows = json.loads(runs.stdout)
     assert [r["files"] for r in rows] == [60, len(pd.read_csv(only_one))]  # both runs committed
-    # 60 images make the 10-bin confidence PSI noisy (~0.4 seen); the class mix is the clear signal
-    assert rows[0]["drift"] < 0.5 and "class-drift" not in rows[0]["flags"]
+    # drift reads PSI in excess of sampling noise: the raw confidence PSI of 60 images is ~0.3 from noise alone
+    assert rows[0]["drift"] < 0.25 and rows[0]["flags"] == [], rows[0]
     assert rows[1]["drift"] > 1.0 and "class-drift" in rows[1]["flags"] and rows[1]["class_rates"]["1"] > 0.9
     with Image.open(tmp_path / "runs.png") as img:
         assert img.width >= 600 and np.asarray(img.convert("L")).std() > 5
@@ -84,9 +84,10 @@ def test_calibrated_decisions_drift_and_older_artifacts(trained_model, sample_di
     assert (first_rows["label"].to_numpy() == np.array(["0", "1"])[probs.argmax(1)]).all()  # label: argmax
 
     # the older artifact scores exactly as before: raw probabilities, decision == label, no drift
+    few = _listing(tmp_path, sample_dir, "few", lambda t: t.index < 20)
     old = score(
         _old_artifact(trained_model, tmp_path),
-        mixed,
+        few,
         tmp_path / "old_out",
         images=sample_dir / "images",
         opts=ScoreOptions(no_tta=True),
@@ -94,5 +95,7 @@ def test_calibrated_decisions_drift_and_older_artifacts(trained_model, sample_di
     assert old.calibration == {"applied": False, "temperature": None} and old.monitoring["drift"] is None
     old_rows = pd.read_parquet(tmp_path / "old_out" / "predictions").set_index("path").sort_index()
     assert not old_rows["calibrated"].any() and (old_rows["decision"] == old_rows["label"]).all()
-    raw = apply_temperature(probs, 1 / meta["calibration"]["plain"]["temperature"])  # undo the calibration
+    assert len(old_rows) == 20
+    calibrated = np.stack(first_rows.loc[old_rows.index, "probabilities"].to_numpy())
+    raw = apply_temperature(calibrated, 1 / meta["calibration"]["plain"]["temperature"])  # undo the calibration
     assert np.abs(np.stack(old_rows["probabilities"].to_numpy()) - raw).max() <= 1e-4
