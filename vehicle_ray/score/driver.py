@@ -73,6 +73,8 @@ class ScoreSummary:
     resources: dict = field(default_factory=dict)
     chunks: int = 0
     commit_every: int = 0
+    model_registry_name: str | None = None  # a models:/ model: its registered name and version
+    model_registry_version: str | None = None
 
     def line(self) -> str:
         return (
@@ -89,10 +91,12 @@ def score(
     images: str | Path | None = None,
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
+    tracking_uri: str | None = None,
 ) -> ScoreSummary:
-    """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`."""
+    """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`.
+    `tracking_uri`: the MLflow server of a models:/ model (default: MLFLOW_TRACKING_URI)."""
     t0 = time.perf_counter()
-    spec = resolve_model(model, allow_pickle)
+    spec = resolve_model(model, allow_pickle, tracking_uri)
     tta = tta_settings(spec, opts)
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
@@ -159,6 +163,8 @@ def score(
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
+            model_registry_name=spec.registry_name,
+            model_registry_version=spec.registry_version,
         )
         store.finish_run(run_id, asdict(summary), committed)
     return summary
