@@ -229,8 +229,14 @@ def _backfill(mlflow_client, tracking: TrainTracking, history: list[dict[str, An
 
 
 def _register(mlflow_client, name: str, run_id: str, meta: dict[str, Any]) -> str:
+    """A new version of `name` for this run's model, unless this run already registered the same model
+    (a rerun of a finished training publishes the same artifact again): then that version."""
     from mlflow.exceptions import MlflowException
 
+    for existing in mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if existing.tags.get("model_sha256") == meta["model_sha256"]:
+            logger.info(f"MLflow: {name} version {existing.version} already holds this model")
+            return str(existing.version)
     try:
         mlflow_client.create_registered_model(name)
     except MlflowException as exc:
