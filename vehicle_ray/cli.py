@@ -236,9 +236,9 @@ def train_cmd(
     **recipe_flags: Any,
 ) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
+    tracking = build_tracking(mlflow_on, mlflow_uri, mlflow_experiment, mlflow_run_name, register_model)
     from vehicle_ray.train.driver import train
 
-    tracking = build_tracking(mlflow_on, mlflow_uri, mlflow_experiment, mlflow_run_name, register_model)
     opts = TrainOptions(
         csv=csv_path,
         images=images,
