@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,67 @@ def trained_model(ray_local, sample_dir, tmp_path_factory) -> Path:
         load_recipe("tiny_cpu"),
     )
     return out
+
+
+@dataclass
+class MlflowServer:
+    """A real `mlflow server` (SQLite backend store, local artifact store under `root`) on loopback."""
+
+    root: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> bool:
+        """Start (or restart, on the same port and stores) in its own process group; True once /health answers."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+            + ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
+            + ["--artifacts-destination", str(self.root / "artifacts")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        return _http_ok(self.proc, f"{self.uri}/health")
+
+    def stop(self) -> None:
+        """Stop the server and the workers it spawned: its own process group, by its pid."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` for one test, which may stop and restart it; retried on another port should
+    Ray's workers take the first one (as for s3_server)."""
+    pytest.importorskip("mlflow", reason="the tests of the mlflow extra need the dev extra")
+    server = MlflowServer(root=tmp_path / "mlflow")
+    server.root.mkdir()
+    for _ in range(3):
+        server.port = free_port()
+        if server.start():
+            break
+        server.stop()
+    else:
+        pytest.fail("mlflow server did not start")
+    yield server
+    server.stop()
+
+
+def _http_ok(proc: subprocess.Popen, url: str, timeout: float = 90) -> bool:
+    """True once `url` answers 200; False if the process exits or it never does."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
 import numpy as np
 import pandas as pd
@@ -66,12 +66,17 @@ PUBLISH_EXIT_AFTER_ENV = "VEHICLE_RAY_TEST_PUBLISH_EXIT_AFTER"  # test-only: die
 PUBLISH_EXIT_CODE = 86
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(f: BinaryIO) -> str:
+    """sha256 of everything a binary stream yields (a local file or a pyarrow input stream)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def library_versions() -> dict[str, str]:

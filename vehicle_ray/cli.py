@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -15,6 +17,7 @@ from vehicle_ray.errors import EXIT_DRIFT, EXIT_INPUT, EXIT_TRY_LATER, DriftAler
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import bundled_recipes
 from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions, parse_actors, parse_band
+from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.config import TrainOptions
 
 
@@ -102,6 +105,39 @@ def operating_point_options(f: Callable) -> Callable:
         "--target-recall or --target-precision and recorded in model.json.",
     )(f)
     return f
+
+
+def tracking_options(experiment: str) -> Callable[[Callable], Callable]:
+    """--mlflow and its settings (train and score); the command receives them as one `tracking` keyword."""
+
+    def decorate(f: Callable) -> Callable:
+        options = [
+            click.option("--mlflow", "mlflow_on", is_flag=True, help="Log this run to MLflow (the mlflow extra)."),
+            click.option("--mlflow-uri", help="MLflow tracking server [default: MLFLOW_TRACKING_URI]."),
+            click.option("--mlflow-experiment", help=f"MLflow experiment [default: {experiment}]."),
+            click.option("--mlflow-run-name", help="MLflow run name [default: the run's own name]."),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def build_tracking(
+    mlflow_on: bool,
+    mlflow_uri: str | None,
+    mlflow_experiment: str | None,
+    mlflow_run_name: str | None,
+    register_model: str | None = None,
+) -> TrackingOptions:
+    return TrackingOptions(
+        enabled=mlflow_on,
+        uri=mlflow_uri,
+        experiment=mlflow_experiment,
+        run_name=mlflow_run_name,
+        register_model=register_model,
+    )
 
 
 def recipe_options(f: Callable) -> Callable:
@@ -221,6 +257,8 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (at a URI: an existing model).")
 @operating_point_options
+@tracking_options("vehicle-ray-train")
+@click.option("--register-model", metavar="NAME", help="Register the logged model as a new version of NAME (--mlflow).")
 def train_cmd(
     csv_path: str,
     images: str,
@@ -242,11 +280,18 @@ def train_cmd(
     positive_class: str | None,
     target_recall: float | None,
     target_precision: float | None,
+    mlflow_on: bool,
+    mlflow_uri: str | None,
+    mlflow_experiment: str | None,
+    mlflow_run_name: str | None,
+    register_model: str | None,
     **recipe_flags: Any,
 ) -> None:
     """Fine-tune the recipe on Ray Train and write a model artifact to --out."""
     from vehicle_ray.decision import target_from_flags
     from vehicle_ray.train.driver import train
+
+    tracking = build_tracking(mlflow_on, mlflow_uri, mlflow_experiment, mlflow_run_name, register_model)
 
     opts = TrainOptions(
         csv=csv_path,
@@ -269,15 +314,22 @@ def train_cmd(
         target=target_from_flags(positive_class, target_recall, target_precision),
     )
     recipe, auto = build_recipe(**recipe_flags)
-    if auto:
-        from vehicle_ray.train.lr_find import find_lr
+    with tempfile.TemporaryDirectory(prefix="vehicle_ray_lr_find_") as lr_dir:
+        lr_find_png = None
+        if auto:
+            from vehicle_ray.train.lr_find import find_lr
 
-        suggestion = find_lr(csv_path, images, None, recipe, column(fn_col), column(label_col), use_gpu=use_gpu)
-        recipe = recipe.with_overrides(lr=suggestion.valley)
-        click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
-    result = train(opts, recipe)
+            plot_dir = lr_dir if tracking.enabled else None  # the plot is kept only for the MLflow run
+            suggestion = find_lr(csv_path, images, plot_dir, recipe, column(fn_col), column(label_col), use_gpu=use_gpu)
+            recipe = recipe.with_overrides(lr=suggestion.valley)
+            lr_find_png = Path(lr_dir) / "lr_find.png" if plot_dir else None
+            click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
+        result = train(opts, recipe, tracking, lr_find_png)
     shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     click.echo(f"model written to {result.out} ({shown}) in {result.seconds:.1f}s")
+    if result.mlflow_run_id:
+        registered = f"; registered {register_model} version {result.model_version}" if result.model_version else ""
+        click.echo(f"MLflow run {result.mlflow_run_id}{registered}")
 
 
 @cli.command("lr-find")
@@ -310,7 +362,12 @@ def lr_find_cmd(
 
 
 @cli.command("score")
-@click.option("--model", required=True, help="Model artifact directory (or an export.pkl with --allow-pickle).")
+@click.option(
+    "--model",
+    required=True,
+    help="Model artifact: a directory or URI, models:/NAME/VERSION or models:/NAME@ALIAS (MLflow registry), "
+    "or an export.pkl with --allow-pickle.",
+)
 @click.option(
     "--input",
     "source",
@@ -427,6 +484,7 @@ def lr_find_cmd(
     metavar="PSI",
     help="After committing the run, exit 3 if its drift from the validation baseline is above PSI (e.g. 0.25).",
 )
+@tracking_options("vehicle-ray-score")
 def score_cmd(
     model: str,
     source: str,
@@ -436,23 +494,34 @@ def score_cmd(
     allow_pickle: bool,
     actors: str | None,
     uncertain_band: str | None,
+    mlflow_on: bool,
+    mlflow_uri: str | None,
+    mlflow_experiment: str | None,
+    mlflow_run_name: str | None,
     **options: Any,
 ) -> None:
     """Score images with TTA on Ray Data and write Parquet predictions (exactly once per file)."""
     from vehicle_ray.score.driver import score
 
+    tracking = build_tracking(mlflow_on, mlflow_uri, mlflow_experiment, mlflow_run_name)
     low, high = parse_actors(actors)
-    summary = score(
-        model,
-        source,
-        output,
-        images=images,
-        allow_pickle=allow_pickle,
-        opts=ScoreOptions(
-            fn_col=column(fn_col), actors=low, max_actors=high, uncertain_band=parse_band(uncertain_band), **options
-        ),
+    opts = ScoreOptions(
+        fn_col=column(fn_col), actors=low, max_actors=high, uncertain_band=parse_band(uncertain_band), **options
     )
+    alert = None
+    try:
+        summary = score(
+            model, source, output, images=images, allow_pickle=allow_pickle, opts=opts, tracking_uri=mlflow_uri
+        )
+    except DriftAlert as exc:  # the run is committed: report and log it like any other, then alert
+        summary, alert = exc.summary, exc
     click.echo(summary.line())
+    if tracking.enabled:
+        from vehicle_ray.tracking import log_scoring_run
+
+        log_scoring_run(tracking, dataclasses.asdict(summary), {"model": model, "input": source, "output": output})
+    if alert is not None:
+        raise alert
 
 
 @cli.command("runs")

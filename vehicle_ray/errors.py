@@ -6,6 +6,8 @@ The CLI turns it into a one-line message and exit code 2; anything else is a bug
 failure and exits 1. Schedulers get their own codes, never 1 or 2 (README "Exit codes").
 """
 
+from typing import Any
+
 EXIT_INPUT = 2
 EXIT_TRY_LATER = 75  # EX_TEMPFAIL from sysexits.h: cron/systemd/KubeRay treat it as "run again later"
 EXIT_DRIFT = 3  # score --fail-on-drift: the run is committed, but its data drifted; alert, do not retry
@@ -20,4 +22,9 @@ class TryLater(Exception):
 
 
 class DriftAlert(Exception):
-    """A committed scoring run drifted beyond --fail-on-drift: one line, exit code 3."""
+    """A committed scoring run drifted beyond --fail-on-drift: one line, exit code 3. `summary` is the
+    committed run's summary (what `score` would have returned), for whoever reports the run."""
+
+    def __init__(self, message: str, summary: Any = None):
+        super().__init__(message)
+        self.summary = summary

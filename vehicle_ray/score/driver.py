@@ -80,6 +80,8 @@ class ScoreSummary:
     calibration: dict = field(default_factory=dict)  # applied (bool) and the temperature
     decision: dict = field(default_factory=dict)  # the decision policy (DecisionPolicy.describe)
     monitoring: dict = field(default_factory=dict)  # class rates, confidence, error rate, drift, flags
+    model_registry_name: str | None = None  # a models:/ model: its registered name and version
+    model_registry_version: str | None = None
 
     def line(self) -> str:
         return (
@@ -96,11 +98,14 @@ def score(
     images: str | Path | None = None,
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
+    tracking_uri: str | None = None,
 ) -> ScoreSummary:
     """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`.
-    With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert after it is committed."""
+    `tracking_uri`: the MLflow server of a models:/ model (default: MLFLOW_TRACKING_URI).
+    With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert (carrying the summary)
+    after it is committed."""
     t0 = time.perf_counter()
-    spec = resolve_model(model, allow_pickle)
+    spec = resolve_model(model, allow_pickle, tracking_uri)
     tta = tta_settings(spec, opts)
     temperature = served_temperature(spec, tta, opts)
     served = {
@@ -184,6 +189,8 @@ def score(
             calibration={"applied": temperature is not None, "temperature": temperature},
             decision=served["policy"].describe(spec.classes),
             monitoring=monitor.summary(new, errors, reference),
+            model_registry_name=spec.registry_name,
+            model_registry_version=spec.registry_version,
         )
         store.finish_run(run_id, asdict(summary), committed)
     drift = drift_of(asdict(summary))
@@ -191,7 +198,8 @@ def score(
         raise DriftAlert(
             f"run {run_id} drifted from the validation baseline: PSI {drift:.3f} > --fail-on-drift "
             f"{opts.fail_on_drift:g} (flags: {', '.join(summary.monitoring['flags']) or 'none'}); the run is "
-            f"committed ({summary.scored} scored, {summary.errors} errors)"
+            f"committed ({summary.scored} scored, {summary.errors} errors)",
+            summary,
         )
     return summary
 

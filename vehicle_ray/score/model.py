@@ -18,13 +18,14 @@ from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHT
 from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.tracking import RegisteredModel, fetch_registered, is_registry_uri
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What the driver knows about the model before any actor starts (decode needs size and resize)."""
 
-    source: str  # what the user passed: a local path, or a URI every actor downloads from
+    source: str  # what the user passed: a local path, or a URI every actor downloads from (models:/ pinned)
     directory: Path  # the local copy on the driver
     allow_pickle: bool
     classes: list[str]
@@ -39,6 +40,9 @@ class ModelSpec:
     calibration: dict | None = None
     operating_point: dict | None = None
     baseline: dict | None = None
+    registry_name: str | None = None  # --model models:/NAME/VERSION or models:/NAME@ALIAS
+    registry_version: str | None = None
+    tracking_uri: str | None = None  # the registry an actor on another node downloads from
 
 
 def pickle_learner(directory: Path):
@@ -63,8 +67,11 @@ def _learner_resize(learn) -> tuple[int, str]:
     return int(r.size[0]), "squish" if r.method == ResizeMethod.Squish else "crop"
 
 
-def local_model(model: str | Path) -> Path:
-    """A local path as is; a URI (s3://bucket/models/x) is copied to a fresh local temp directory."""
+def local_model(model: str | Path, tracking_uri: str | None = None) -> Path:
+    """A local path as is; a URI (s3://bucket/models/x) is copied to a fresh local temp directory; a
+    registry model (models:/...) is downloaded once per version to the model cache."""
+    if is_registry_uri(model):
+        return fetch_registered(str(model), tracking_uri).directory
     if not is_uri(model):
         return Path(model)
     fs, base, info = resolve_location(model, "model")
@@ -83,16 +90,18 @@ def local_model(model: str | Path) -> Path:
     return target
 
 
-def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
-    """Read (and verify) the model's description on the driver."""
-    directory = local_model(model)
+def resolve_model(model: str | Path, allow_pickle: bool = False, tracking_uri: str | None = None) -> ModelSpec:
+    """Read (and verify) the model's description on the driver. `tracking_uri`: the MLflow server of a
+    models:/ model (default: MLFLOW_TRACKING_URI)."""
+    registered = fetch_registered(str(model), tracking_uri) if is_registry_uri(model) else None
+    directory = registered.directory if registered else local_model(model)
     if not directory.exists():
         raise InputError(f"model not found: {model}")
     if directory.is_dir() and (directory / MODEL_JSON).is_file():
         art = open_artifact(directory)
         tta = art.meta["tta"]
         return ModelSpec(
-            source=str(model),
+            source=registered.uri if registered else str(model),
             directory=directory,
             allow_pickle=False,
             classes=art.classes,
@@ -106,7 +115,10 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
             calibration=art.meta.get("calibration"),
             operating_point=art.meta.get("operating_point"),
             baseline=art.meta.get("monitoring_baseline"),
+            **_registry_fields(registered, tracking_uri),
         )
+    if registered:
+        raise InputError(f"{model} is not a vehicle_ray model artifact (no {MODEL_JSON} in {directory})")
     if not allow_pickle:
         raise InputError(
             f"{model} has no model.json; pass --allow-pickle to score a plain fastai export.pkl "
@@ -127,6 +139,12 @@ def resolve_model(model: str | Path, allow_pickle: bool = False) -> ModelSpec:
         tta_defaults=TTASettings(),
         has_onnx=False,
     )
+
+
+def _registry_fields(registered: RegisteredModel | None, tracking_uri: str | None) -> dict[str, str | None]:
+    if registered is None:
+        return {}
+    return {"registry_name": registered.name, "registry_version": registered.version, "tracking_uri": tracking_uri}
 
 
 ONNX_ON_GPU = "--backend onnx runs on CPU actors; use --backend torch (or auto) with --gpus-per-actor"

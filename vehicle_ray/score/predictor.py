@@ -153,7 +153,7 @@ class Predictor:
             dtype = gpu_autocast_dtype(capability)
             ran = ran_precisions(tta, gpu_precision(capability))
         torch.set_num_threads(threads)
-        directory = spec.directory if spec.directory.exists() else local_model(spec.source)
+        directory = spec.directory if spec.directory.exists() else local_model(spec.source, spec.tracking_uri)
         with fastai_on_cpu():
             if spec.allow_pickle:
                 _, learn = pickle_learner(directory)
@@ -196,6 +196,8 @@ class Predictor:
             "error": pa.array([e or None for e in errors], pa.string()),
             "model_id": pa.array([self.spec.model_id] * n, pa.string()),
             "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
+            "model_registry_name": pa.array([self.spec.registry_name] * n, pa.string()),
+            "model_registry_version": pa.array([self.spec.registry_version] * n, pa.string()),
             **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
         }
         if self.emit_plain:

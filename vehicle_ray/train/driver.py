@@ -31,6 +31,7 @@ from vehicle_ray.data import LABEL, LabeledSet, check_split, is_uri, read_labele
 from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe
+from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.config import (
     ARTIFACT_SUBDIR,
     FAIL_AFTER_EPOCH_ENV,
@@ -40,6 +41,15 @@ from vehicle_ray.train.config import (
     forwarded_env,
 )
 from vehicle_ray.train.launch import EpochPrinter, run_worker
+from vehicle_ray.train.tracking import (
+    MlflowEpochLogger,
+    TrainTracking,
+    fail_run,
+    finish_run,
+    ray_run_key,
+    start_run,
+    training_tags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ class TrainResult:
     out: str | Path  # a local path or the URI the model was published to
     metrics: dict[str, float]
     seconds: float
+    mlflow_run_id: str | None = None
+    model_version: str | None = None  # the registered version (--register-model)
 
 
 def cpus_per_worker(opts: TrainOptions, nodes: list[dict[str, float]]) -> float:
@@ -143,8 +155,14 @@ def require_positives(data: LabeledSet, valid_idx: np.ndarray, target: Operating
         )
 
 
-def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
-    """Train the recipe on Ray Train and publish the artifact to `opts.out` (a local path or a URI)."""
+def train(
+    opts: TrainOptions,
+    recipe: Recipe,
+    tracking: TrackingOptions = TrackingOptions(),
+    lr_find_png: Path | None = None,
+) -> TrainResult:
+    """Train the recipe on Ray Train and publish the artifact to `opts.out` (a local path or a URI);
+    with `tracking` enabled, log it to MLflow (`lr_find_png`: the plot that chose --lr auto)."""
     t0 = time.perf_counter()
     out = opts.out if is_uri(opts.out) else Path(opts.out).resolve()
     require_free_output(out, opts.overwrite)
@@ -181,6 +199,7 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
 
     run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
     per_worker = worker_resources(opts, cpus)
+    tracker = _start_tracking(tracking, opts, recipe, data, resources, run_name)
     logger.info(
         f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
         f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}; run {run_name}"
@@ -201,15 +220,36 @@ def train(opts: TrainOptions, recipe: Recipe) -> TrainResult:
                 storage_path=opts.storage_path,
                 failure_config=failure_config,
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=[EpochPrinter(recipe.metrics)],
+                callbacks=[EpochPrinter(recipe.metrics), *([MlflowEpochLogger(tracker)] if tracker else [])],
                 logging_config=LoggingConfig(
                     log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None else BOUNDED_WAIT_LOG_LEVEL
                 ),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except BaseException:
+            if tracker:
+                fail_run(tracker)
+            raise
     with result.checkpoint.as_directory() as d:
         artifact = Path(d) / ARTIFACT_SUBDIR
         meta = open_artifact(artifact).meta
         publish(artifact, out, overwrite=opts.overwrite)
-    return TrainResult(out=out, metrics=meta["metrics"], seconds=time.perf_counter() - t0)
+        version = finish_run(tracker, artifact, meta, lr_find_png, tracking.register_model) if tracker else None
+    return TrainResult(
+        out=out,
+        metrics=meta["metrics"],
+        seconds=time.perf_counter() - t0,
+        mlflow_run_id=tracker.run_id if tracker else None,
+        model_version=version,
+    )
+
+
+def _start_tracking(
+    tracking: TrackingOptions, opts: TrainOptions, recipe: Recipe, data, resources: dict[str, float], run_name: str
+) -> TrainTracking | None:
+    if not tracking.enabled:
+        return None
+    tags = training_tags(opts.csv, data, resources, opts.workers)
+    return start_run(tracking, ray_run_key(opts.storage_path, run_name), run_name, recipe, tags)
