@@ -47,7 +47,7 @@ from vehicle_ray.score.planning import (
     tta_settings,
 )
 from vehicle_ray.score.predictor import Predictor
-from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress
+from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress, Timeline
 from vehicle_ray.score.store import ChunkCommit, OutputStore
 from vehicle_ray.score.tta import TTASettings
 
@@ -73,6 +73,7 @@ class ScoreSummary:
     resources: dict = field(default_factory=dict)
     chunks: int = 0
     commit_every: int = 0
+    timings: dict = field(default_factory=dict)  # Timeline.as_dict(): start-up phases, steady state, commits
 
     def line(self) -> str:
         return (
@@ -91,12 +92,13 @@ def score(
     allow_pickle: bool = False,
 ) -> ScoreSummary:
     """Score every image file of `source` with TTA and commit predictions/errors Parquet to `output`."""
-    t0 = time.perf_counter()
+    timeline = Timeline()
     spec = resolve_model(model, allow_pickle)
     tta = tta_settings(spec, opts)
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
         open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
+    timeline.mark("model_ready")
     root, chunks = iter_listing(source, images, opts)
     first = next(chunks, None)
     if first is None:
@@ -104,9 +106,12 @@ def score(
     chunks = itertools.chain([first], chunks)
     store = OutputStore.open(output)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
+        timeline.mark("lease_taken")
         elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
         resources = init_ray()
+        timeline.mark("ray_ready")
         require_shared_path(root.uri, "--images" if images is not None else "--input")
         require_shared_path(str(output), "--output")
         plan = plan_resources(resources, opts, elastic=elastic)
@@ -125,6 +130,7 @@ def score(
             )
         with store.done_index() if opts.incremental else contextlib.nullcontext() as done:
             manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
+        timeline.mark("manifest_written")
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
             f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
@@ -132,7 +138,7 @@ def score(
         )
         ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
         committed = (
-            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, ran)
+            _score_in_chunks(store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, ran, timeline)
             if new
             else []
         )
@@ -142,7 +148,8 @@ def score(
                 f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
                 "errors were committed; the next --incremental run scores the rest"
             )
-        wall = time.perf_counter() - t0
+        timeline.mark("done")
+        wall = timeline.marks["done"]
         summary = ScoreSummary(
             run_id=run_id,
             output=str(output),
@@ -159,6 +166,7 @@ def score(
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
+            timings=timeline.as_dict(),
         )
         store.finish_run(run_id, asdict(summary), committed)
     return summary
@@ -248,8 +256,11 @@ def _score_in_chunks(
     elastic: bool,
     lease: Lease | None,
     ran: dict[str, set[str]] | None = None,
+    timeline: Timeline | None = None,
 ) -> list[ChunkCommit]:
-    """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them."""
+    """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them
+    (`timeline`, when given, records when rows arrived and what the commits cost)."""
+    timeline = timeline or Timeline()
     wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
     seen = _SeenPaths()
@@ -259,19 +270,23 @@ def _score_in_chunks(
 
     def commit(rows: pa.Table) -> None:
         nonlocal errors
+        started = time.perf_counter()
         if lease is not None:
             lease.check()
         record = store.stage_chunk(run_id, len(committed) + 1, rows)
         store.commit_chunk(record)
+        timeline.add_commit(time.perf_counter() - started)
         committed.append(record)
         errors += record.errors
 
     if elastic:
         _wait_for_first_actor(plan, wait)
     ds = _dataset(store, manifest, root, spec, tta, plan, opts)
+    timeline.mark("pipeline_started")
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
             pending.append(seen.drop_repeats(batch))
+            timeline.rows(seen.count)
             if ran is not None:  # what the actors ran (a GPU actor: bf16 or fp16), for summary.json
                 for column in ("tta_plain_precision", "tta_aug_precision"):
                     ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
