@@ -11,7 +11,8 @@ whose images/s is reported as a fraction of the int8 bound. Ratios > 1 mean vehi
 vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 augmented passes). The default
 dump is 1000 images: the ~20 s of fixed start-up (Ray, the actor's torch/fastai imports) weigh on a
 600-image dump as they never do on a nightly one; pass --images 600 to see that. --dump DIR scores
-the files of DIR instead of generated ones.
+the files of DIR instead of generated ones (e.g. bench/camera_jpegs.py's 1920x1080 JPEGs), and
+--exact-decode passes that flag to `vehicle-ray score`.
 Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against
 one commit at the end (what the previous version did), interleaved, medians; K far below the
 default 10,000 bounds the default's cost from above.
@@ -19,7 +20,7 @@ Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the
 --no-tta, to keep the 10x run short).
 
     .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--commits K] [--memory]
-        [--dump DIR]
+        [--dump DIR] [--exact-decode]
 """
 
 import argparse
@@ -206,13 +207,14 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
     ap.add_argument("--commits", type=int, default=0, help="K: time --commit-every K against one commit")
     ap.add_argument("--dump", type=Path, help="score the files of this directory instead of generated ones")
+    ap.add_argument("--exact-decode", action="store_true", help="pass --exact-decode to vehicle-ray score")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
     make_model(work, args.size)
     if args.dump is None:
         write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
     images, model = args.dump or work / "dump" / "images", work / "model"
-    flags: list[str] = []
+    flags = ["--exact-decode"] if args.exact_decode else []
     result: dict = {"images": count_files(images), "size": args.size, "repeats": args.repeats, "threads": args.threads}
     result["score_flags"] = flags
     if args.commits:

@@ -74,6 +74,7 @@ class ScoreSummary:
     chunks: int = 0
     commit_every: int = 0
     timings: dict = field(default_factory=dict)  # Timeline.as_dict(): start-up phases, steady state, commits
+    exact_decode: bool = False  # --exact-decode: every JPEG decoded in full (else large ones at reduced scale)
 
     def line(self) -> str:
         return (
@@ -167,6 +168,7 @@ def score(
             chunks=len(committed),
             commit_every=opts.commit_every,
             timings=timeline.as_dict(),
+            exact_decode=opts.exact_decode,
         )
         store.finish_run(run_id, asdict(summary), committed)
     return summary
@@ -205,7 +207,13 @@ def _dataset(
         decode_batch,
         batch_size=opts.batch_size,
         num_cpus=0.5,
-        fn_kwargs={"root": root, "size": spec.size, "resize_method": spec.resize_method, "max_pixels": opts.max_pixels},
+        fn_kwargs={
+            "root": root,
+            "size": spec.size,
+            "resize_method": spec.resize_method,
+            "max_pixels": opts.max_pixels,
+            "exact": opts.exact_decode,
+        },
     )
     compute = (
         ray.data.ActorPoolStrategy(size=plan.actors)
@@ -225,6 +233,7 @@ def _dataset(
             "threads": plan.threads,
             "emit_plain": opts.emit_plain,
             "device": actor_device(plan.gpus_per_actor),
+            "exact_decode": opts.exact_decode,
         },
     )
 

@@ -149,6 +149,7 @@ class Predictor:
         threads: int = 1,
         emit_plain: bool = False,
         device: str = "cpu",
+        exact_decode: bool = False,
     ):
         import torch
 
@@ -175,6 +176,7 @@ class Predictor:
         move_transform_tensors(transforms, self.device)  # also on CPU: a pickle may hold them on cuda
         self.plain, self.aug = batch_pipelines(transforms)
         self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
+        self.exact_decode = exact_decode  # how the decode tasks were told to decode, recorded in the rows
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -201,6 +203,7 @@ class Predictor:
             "model_id": pa.array([self.spec.model_id] * n, pa.string()),
             "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
             **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
+            "exact_decode": pa.array([self.exact_decode] * n, pa.bool_()),
         }
         if self.emit_plain:
             columns["plain_probabilities"] = _prob_lists(plain, ok)
