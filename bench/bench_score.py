@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The first predictions reach the driver together with whatever finished meanwhile: the steady state
+# (first to last predictions) needs enough batches of 64 after them to mean anything.
+MIN_STEADY_IMAGES = 512
 
 
 def make_model(out: Path, size: int) -> None:
@@ -160,6 +163,8 @@ def timings(args, work: Path, images: Path, model: Path, flags: list[str]) -> di
     med = {k: statistics.median(v) for k, v in {**walls, **bounds}.items()}
     steady = statistics.median(r["steady_images_per_s"] or 0.0 for r in runs)
     int8_rate = n / med["int8_bound"]
+    if n < MIN_STEADY_IMAGES:
+        print(f"note: with fewer than {MIN_STEADY_IMAGES} images the steady state is a few batches: not a measurement")
     return {
         "median_wall_s": med,
         "images_per_s": {k: round(n / v, 2) for k, v in med.items()},
