@@ -68,7 +68,9 @@ def int8_seconds(art, files: list[Path], threads: int, n: int, batch_size: int) 
         aug = torch.cat([torch.as_tensor(aug_tfms(x)) for _ in range(n)]).contiguous() if n else None
         prepared.append((plain, aug))
     sizes = [len(files[i : i + batch_size]) for i in range(0, len(files), batch_size)]
-    forward(prepared[0][0])  # warm-up (ONNX Runtime allocates on its first run)
+    for batch in prepared[0]:  # warm-up: ONNX Runtime allocates on its first run of each shape
+        if batch is not None:
+            forward(batch)
     t0 = time.perf_counter()
     for k, size in enumerate(sizes):
         plain, aug = prepared[k % len(prepared)]
