@@ -1,10 +1,18 @@
 """Scoring throughput: `vehicle-ray score` (TTA n=4) vs plain fastai `learn.tta`, same model and files.
 
-Whole-process wall time of each (median of --repeats), plus the "forward bound": the eager fp32
-forward passes alone (5 per image) on pre-decoded batches. Ratios > 1 mean vehicle-ray is faster.
+Whole-process wall time of each (median of --repeats), plus two model-only bounds (forward_bound.py):
+the eager fp32 forward passes alone (5 per image) on pre-decoded batches, and the "int8 bound": the
+artifact's int8 ONNX model alone, TTA's n+1 passes on pre-decoded, pre-augmented batches with the
+actors' thread count (read from the run's summary.json), i.e. what the scorer's CPU default could do
+if decode, augmentation and hand-offs cost nothing. vehicle-ray's run is split with its summary.json
+`timings`: start-up (process start to the first predictions reaching the driver: imports, Ray,
+listing, actor start, model load, the first batch) and the steady state (first to last predictions),
+whose images/s is reported as a fraction of the int8 bound. Ratios > 1 mean vehicle-ray is faster.
 vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 augmented passes). The default
 dump is 1000 images: the ~20 s of fixed start-up (Ray, the actor's torch/fastai imports) weigh on a
-600-image dump as they never do on a nightly one; pass --images 600 to see that.
+600-image dump as they never do on a nightly one; pass --images 600 to see that. --dump DIR scores
+the files of DIR instead of generated ones (e.g. bench/camera_jpegs.py's 1920x1080 JPEGs), and
+--exact-decode passes that flag to `vehicle-ray score`.
 Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against
 one commit at the end (what the previous version did), interleaved, medians; K far below the
 default 10,000 bounds the default's cost from above.
@@ -12,6 +20,7 @@ Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the
 --no-tta, to keep the 10x run short).
 
     .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--commits K] [--memory]
+        [--dump DIR] [--exact-decode]
 """
 
 import argparse
@@ -26,6 +35,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The first predictions reach the driver together with whatever finished meanwhile: the steady state
+# (first to last predictions) needs enough batches of 64 after them to mean anything.
+MIN_STEADY_IMAGES = 512
 
 
 def make_model(out: Path, size: int) -> None:
@@ -98,38 +110,75 @@ def timed(cmd: list[str], measure_memory: bool = False) -> tuple[float, int]:
     return wall, peak[0]
 
 
-def timings(args, work: Path, images: Path, model: Path) -> dict:
-    """Medians of --repeats whole-process runs of each side, and the ratios."""
-    py = sys.executable
+def bound_seconds(model: Path, images: Path, threads: int, *flags: str) -> float:
+    """forward_bound.py's seconds (a fresh process: the bound pays no start-up, none is timed)."""
+    r = subprocess.run(
+        [sys.executable, str(HERE / "forward_bound.py"), str(model), str(images), str(threads), *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def split_run(wall: float, summary: dict) -> dict:
+    """A whole-process vehicle-ray run split by its summary.json timings: start-up from process start
+    to the first predictions at the driver, the steady state, and what followed the last predictions
+    (the last commit); seconds, plus the steady state's images/s."""
+    t = summary["timings"]
+    in_process_start = wall - summary["wall_seconds"]  # interpreter, imports, CLI: before score() starts
+    return {
+        "startup_s": round(in_process_start + t["first_rows_s"], 2),
+        "steady_s": t["steady_s"],
+        "tail_s": round(summary["wall_seconds"] - t["last_rows_s"], 2),
+        "steady_images_per_s": t["steady_images_per_second"],
+        "phases_s": {k: v for k, v in t.items() if k.endswith("_s")} | {"before_score": round(in_process_start, 2)},
+    }
+
+
+def timings(args, work: Path, images: Path, model: Path, flags: list[str]) -> dict:
+    """Medians of --repeats whole-process runs of each side, the bounds, and the ratios."""
+    py, n = sys.executable, count_files(images)
     walls: dict[str, list[float]] = {"vehicle_ray": [], "fastai_tta": []}
-    bounds: list[float] = []
+    bounds: dict[str, list[float]] = {"forward_bound": [], "int8_bound": []}
+    runs: list[dict] = []
     for i in range(args.repeats):
         out = work / f"out{i}"
-        walls["vehicle_ray"].append(timed(score_cmd(model, images, out))[0])
+        walls["vehicle_ray"].append(timed(score_cmd(model, images, out, *flags))[0])
+        summary = json.loads((out / "summary.json").read_text())
+        runs.append(split_run(walls["vehicle_ray"][-1], summary))
         walls["fastai_tta"].append(
             timed([py, str(HERE / "plain_fastai_tta.py"), str(model), str(images), str(args.threads)])[0]
         )
-        r = subprocess.run(
-            [py, str(HERE / "forward_bound.py"), str(model), str(images), str(args.threads)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        bounds.append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
+        bounds["forward_bound"].append(bound_seconds(model, images, args.threads))
+        threads, tta_n = summary["resources"]["threads"], summary["tta"]["n"]  # what the actors ran
+        bounds["int8_bound"].append(bound_seconds(model, images, threads, "--int8", "--n", str(tta_n)))
         print(
-            f"repeat {i + 1}: vehicle-ray {walls['vehicle_ray'][-1]:.1f}s, fastai tta {walls['fastai_tta'][-1]:.1f}s, "
-            f"forward bound {bounds[-1]:.1f}s",
+            f"repeat {i + 1}: vehicle-ray {walls['vehicle_ray'][-1]:.1f}s (start-up {runs[-1]['startup_s']:.1f}s, "
+            f"steady {runs[-1]['steady_images_per_s']} images/s), fastai tta {walls['fastai_tta'][-1]:.1f}s, "
+            f"forward bound {bounds['forward_bound'][-1]:.1f}s, int8 bound {bounds['int8_bound'][-1]:.1f}s "
+            f"({threads} threads, {tta_n + 1} passes)",
             flush=True,
         )
-    n = args.images
-    med = {k: statistics.median(v) for k, v in walls.items()}
-    bound = statistics.median(bounds)
+    med = {k: statistics.median(v) for k, v in {**walls, **bounds}.items()}
+    steady = statistics.median(r["steady_images_per_s"] or 0.0 for r in runs)
+    int8_rate = n / med["int8_bound"]
+    if n < MIN_STEADY_IMAGES:
+        print(f"note: with fewer than {MIN_STEADY_IMAGES} images the steady state is a few batches: not a measurement")
     return {
-        "median_wall_s": {**med, "forward_bound": bound},
-        "images_per_s": {k: round(n / v, 2) for k, v in {**med, "forward_bound": bound}.items()},
+        "median_wall_s": med,
+        "images_per_s": {k: round(n / v, 2) for k, v in med.items()},
         "speedup_vs_fastai_tta": round(med["fastai_tta"] / med["vehicle_ray"], 3),
-        "speedup_vs_forward_bound": round(bound / med["vehicle_ray"], 3),
+        "speedup_vs_forward_bound": round(med["forward_bound"] / med["vehicle_ray"], 3),
+        "vehicle_ray_startup_s": statistics.median(r["startup_s"] for r in runs),
+        "vehicle_ray_steady_images_per_s": steady,
+        "steady_fraction_of_int8_bound": round(steady / int8_rate, 3),
+        "runs": runs,
     }
+
+
+def count_files(images: Path) -> int:
+    return sum(1 for f in images.iterdir() if f.is_file())
 
 
 def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
@@ -146,7 +195,7 @@ def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
     med = {k: statistics.median(v) for k, v in walls.items()}
     return {
         "commit_every": args.commits,
-        "commits": -(-args.images // args.commits),
+        "commits": -(-count_files(images) // args.commits),
         "median_wall_s": med,
         "chunked_over_single": round(med["chunked"] / med["single"], 4),
     }
@@ -162,16 +211,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
     ap.add_argument("--commits", type=int, default=0, help="K: time --commit-every K against one commit")
+    ap.add_argument("--dump", type=Path, help="score the files of this directory instead of generated ones")
+    ap.add_argument("--exact-decode", action="store_true", help="pass --exact-decode to vehicle-ray score")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
     make_model(work, args.size)
-    write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
-    images, model = work / "dump" / "images", work / "model"
-    result: dict = {"images": args.images, "size": args.size, "repeats": args.repeats, "threads": args.threads}
+    if args.dump is None:
+        write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
+    images, model = args.dump or work / "dump" / "images", work / "model"
+    flags = ["--exact-decode"] if args.exact_decode else []
+    result: dict = {"images": count_files(images), "size": args.size, "repeats": args.repeats, "threads": args.threads}
+    result["score_flags"] = flags
     if args.commits:
         result["commit_cost"] = commit_cost(args, work, images, model)
     elif args.repeats:
-        result.update(timings(args, work, images, model))
+        result.update(timings(args, work, images, model, flags))
     if args.memory:
         big = work / "dump10x" / "images"
         big.mkdir(parents=True)

@@ -21,6 +21,16 @@ from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
 from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
 
 
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """Label agreement and |dp| between two (images, classes) probability arrays."""
+    d = np.abs(a - b)
+    return {
+        "label_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4),
+        "mean_abs_dp": round(float(d.mean()), 5),
+        "max_abs_dp": round(float(d.max()), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -48,14 +58,6 @@ def main() -> None:
     def run(seed: int, forward) -> np.ndarray:
         torch.manual_seed(seed)
         return np.concatenate([tta_probabilities(forward, x, plain, aug, settings)[0].numpy() for x in decoded])
-
-    def compare(a: np.ndarray, b: np.ndarray) -> dict:
-        d = np.abs(a - b)
-        return {
-            "label_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4),
-            "mean_abs_dp": round(float(d.mean()), 5),
-            "max_abs_dp": round(float(d.max()), 4),
-        }
 
     reference = run(0, fp32)
     print(

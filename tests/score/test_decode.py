@@ -165,3 +165,35 @@ def test_decode_batch_keeps_row_order_and_reports_each_failure(tmp_path):
     assert out["image"].shape == (5, 8, 8, 3) and out["image"].dtype == np.uint8
     assert is_red(out["image"][0, 4, 4]) and out["image"][2, 4, 4, 2] > 200
     assert not out["image"][[1, 3, 4]].any()  # error rows carry a zero image
+
+
+def scene(width: int, height: int) -> Image.Image:
+    """A generated street-like scene (sample_data's renderer, drawn small) at a camera's aspect ratio."""
+    from vehicle_ray.sample_data import render_image
+
+    return render_image(7, True, 128).resize((width, height), Image.BILINEAR)
+
+
+def test_large_jpegs_decode_at_reduced_scale_close_to_the_full_decode(tmp_path):
+    from vehicle_ray.score.decode import reduce_on_decode
+
+    data = encode(scene(512, 288), "JPEG", quality=92)  # at 64 px: 288 // 128 = 2, so a 1/2-scale decode
+    img = Image.open(io.BytesIO(data))
+    reduce_on_decode(img, 64)
+    assert img.size == (256, 144)
+    for method in ("squish", "crop"):
+        reduced, exact = decode_image(data, 64, method), decode_image(data, 64, method, exact=True)
+        assert (reduced.shape, reduced.dtype) == (exact.shape, exact.dtype) == ((64, 64, 3), np.uint8)
+        diff = np.abs(reduced.astype(int) - exact.astype(int)).mean()
+        assert 0 < diff < 1.5, (method, diff)  # another path, nearly the same pixels
+    (tmp_path / "cam.jpg").write_bytes(data)  # the decode tasks pass --exact-decode on
+    batch = {"path": np.array(["cam.jpg"], dtype=object), "rel": np.array(["cam.jpg"], dtype=object)}
+    for flag in (True, False):
+        out = decode_batch(batch, open_root(tmp_path), 64, "squish", 1_000_000, exact=flag)
+        assert np.array_equal(out["image"][0], decode_image(data, 64, exact=flag))
+
+
+@pytest.mark.parametrize("fmt, size", [("JPEG", (240, 135)), ("PNG", (512, 288))])
+def test_small_jpegs_and_other_formats_take_the_exact_path(fmt, size):
+    data = encode(scene(*size), fmt)
+    assert np.array_equal(decode_image(data, 64), decode_image(data, 64, exact=True))

@@ -2,7 +2,7 @@
 
 import logging
 
-from vehicle_ray.score.progress import Progress, duration, progress_line
+from vehicle_ray.score.progress import Progress, Timeline, duration, progress_line
 
 
 def test_line_format():
@@ -28,3 +28,30 @@ def test_one_line_per_interval_when_not_a_terminal(caplog):
     assert len(lines) == 4  # at 30 s, 60 s, 90 s, and the close
     assert lines[0].startswith("progress 30/100 files (30.0%)")
     assert lines[-1].startswith("progress 100/100 files (100.0%)") and "2 chunks committed" in lines[-1]
+
+
+def test_timeline_tells_start_up_from_the_steady_state():
+    now = [100.0]
+    timeline = Timeline(clock=lambda: now[0])
+    now[0] = 103.0
+    timeline.mark("ray_ready")
+    now[0] = 104.0
+    timeline.mark("ray_ready")  # a point is recorded the first time it is reached
+    now[0] = 110.0
+    timeline.rows(64)  # the first batch: the end of start-up
+    for step in range(1, 5):  # then 4 batches of 64 over 8 s
+        now[0] = 110.0 + 2 * step
+        timeline.rows(64 + 64 * step)
+    timeline.add_commit(0.25)
+    timeline.add_commit(0.5)
+    assert timeline.as_dict() == {
+        "ray_ready_s": 3.0,
+        "first_rows_s": 10.0,
+        "last_rows_s": 18.0,
+        "commit_s": 0.75,
+        "steady_s": 8.0,
+        "steady_images_per_second": 32.0,
+    }
+    one_batch = Timeline(clock=lambda: 0.0)
+    one_batch.rows(10)
+    assert one_batch.as_dict()["steady_images_per_second"] is None

@@ -1,6 +1,7 @@
 """Batch TTA scoring with real Ray Data, real models and real Parquet files."""
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -50,7 +51,11 @@ def test_directory_input_end_to_end(trained_model, sample_dir, tmp_path, ray_loc
     truth["path"] = [str(images / n) for n in truth["image_names"]]
     joined = truth.merge(predictions, on="path")
     assert (joined["label"] == joined["emergency_or_not"]).mean() >= 0.9
-    assert (tmp_path / "out" / "summary.json").is_file()
+    assert set(predictions["exact_decode"]) == {False}  # large JPEGs at reduced scale (none here)
+    recorded = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert recorded["exact_decode"] is False
+    t = recorded["timings"]
+    assert 0 < t["ray_ready_s"] <= t["first_rows_s"] <= t["last_rows_s"] <= t["done_s"] <= recorded["wall_seconds"]
 
 
 def test_nested_directories_and_csv_listing(trained_model, sample_dir, tmp_path, ray_local):
@@ -70,9 +75,10 @@ def test_nested_directories_and_csv_listing(trained_model, sample_dir, tmp_path,
         sample_dir / "test.csv",
         tmp_path / "csv",
         images=sample_dir / "images",
-        opts=ScoreOptions(no_tta=True),
+        opts=ScoreOptions(no_tta=True, exact_decode=True),
     )
-    assert (s.scored, s.errors) == (100, 0)
+    assert (s.scored, s.errors, s.exact_decode) == (100, 0, True)
+    assert set(read(tmp_path / "csv")["exact_decode"]) == {True}
 
 
 def _fastai_test_dl(trained_model, files):

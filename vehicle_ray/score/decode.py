@@ -3,6 +3,13 @@
 Runs in Ray Data CPU tasks. Decoding is Pillow's; what we add is the guard rails a nightly job over
 millions of files needs: EXIF orientation, every mode to RGB (16-bit and float scaled, not clipped),
 a pixel limit against decompression bombs, and a per-file error instead of a crashed run.
+
+Camera-size JPEGs (1920x1080 from traffic and dash cameras) are decoded at reduced scale unless
+`exact` is set: libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 of the size for a fraction of a
+full decode's cost, as far as both sides stay at least REDUCED_DECODE_MIN_FACTOR times the model
+input; the same bilinear resize fastai's Resize uses then makes the model-sized image, so the
+model sees it at the quality fastai users expect (measured against the full decode:
+bench/bench_decode.py). Smaller JPEGs and other formats are always decoded in full.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from vehicle_ray.data import ImageRoot
 from vehicle_ray.score.options import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+REDUCED_DECODE_MIN_FACTOR = 2  # a reduced-scale decode keeps at least 2x the model input on each side
 
 
 class DecodeError(Exception):
@@ -34,10 +42,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def reduce_on_decode(img: Image.Image, size: int) -> None:
+    """Ask a JPEG to decode at the smallest DCT scale (1/2, 1/4, 1/8) whose both sides stay at least
+    REDUCED_DECODE_MIN_FACTOR x `size` (Pillow's `draft`: it picks no reduction for smaller images).
+    Other formats have no scaled decode and are left alone."""
+    if img.format == "JPEG":
+        img.draft("RGB", (REDUCED_DECODE_MIN_FACTOR * size, REDUCED_DECODE_MIN_FACTOR * size))
+
+
 def decode_image(
-    data: bytes, size: int, resize_method: str = "squish", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    size: int,
+    resize_method: str = "squish",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exact: bool = False,
 ) -> np.ndarray:
-    """Decode one encoded image to a (size, size, 3) uint8 array as fastai's Resize would see it."""
+    """Decode one encoded image to a (size, size, 3) uint8 array as fastai's Resize would see it;
+    a large JPEG at reduced scale first unless `exact` (see the module's docstring)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     # Pillow's own bomb guard (a warning above 89.5 Mpx, an error above twice that) follows this
@@ -49,6 +70,8 @@ def decode_image(
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
                 raise DecodeError(f"image too large: {img.width}x{img.height} exceeds the {max_pixels}-pixel limit")
+            if not exact:
+                reduce_on_decode(img, size)
             img.load()
     except DecodeError:
         raise
@@ -67,7 +90,12 @@ def decode_image(
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], root: ImageRoot, size: int, resize_method: str, max_pixels: int
+    batch: dict[str, np.ndarray],
+    root: ImageRoot,
+    size: int,
+    resize_method: str,
+    max_pixels: int,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Ray Data map_batches UDF: {path, rel} → {path, image, error}. Error rows carry a zero image and
     a reason; OK rows an empty string (a column of all-None would not survive Arrow as strings)."""
@@ -78,7 +106,7 @@ def decode_batch(
         try:
             with root.fs.open_input_file(root.path(str(rel))) as f:
                 data = f.read()
-            images[i] = decode_image(data, size, resize_method, max_pixels)
+            images[i] = decode_image(data, size, resize_method, max_pixels, exact)
         except DecodeError as exc:
             errors[i] = str(exc)
         except FileNotFoundError:

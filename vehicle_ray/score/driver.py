@@ -51,7 +51,7 @@ from vehicle_ray.score.planning import (
     tta_settings,
 )
 from vehicle_ray.score.predictor import Predictor
-from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress
+from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress, Timeline
 from vehicle_ray.score.store import ChunkCommit, OutputStore
 from vehicle_ray.score.tta import TTASettings
 
@@ -82,6 +82,8 @@ class ScoreSummary:
     monitoring: dict = field(default_factory=dict)  # class rates, confidence, error rate, drift, flags
     model_registry_name: str | None = None  # a models:/ model: its registered name and version
     model_registry_version: str | None = None
+    timings: dict = field(default_factory=dict)  # Timeline.as_dict(): start-up phases, steady state, commits
+    exact_decode: bool = False  # --exact-decode: every JPEG decoded in full (else large ones at reduced scale)
 
     def line(self) -> str:
         return (
@@ -104,7 +106,7 @@ def score(
     `tracking_uri`: the MLflow server of a models:/ model (default: MLFLOW_TRACKING_URI).
     With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert (carrying the summary)
     after it is committed."""
-    t0 = time.perf_counter()
+    timeline = Timeline()
     spec = resolve_model(model, allow_pickle, tracking_uri)
     tta = tta_settings(spec, opts)
     temperature = served_temperature(spec, tta, opts)
@@ -121,6 +123,7 @@ def score(
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
         open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
+    timeline.mark("model_ready")
     root, chunks = iter_listing(source, images, opts)
     first = next(chunks, None)
     if first is None:
@@ -128,9 +131,12 @@ def score(
     chunks = itertools.chain([first], chunks)
     store = OutputStore.open(output)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
+        timeline.mark("lease_taken")
         elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
         resources = init_ray()
+        timeline.mark("ray_ready")
         require_shared_path(root.uri, "--images" if images is not None else "--input")
         require_shared_path(str(output), "--output")
         plan = plan_resources(resources, opts, elastic=elastic)
@@ -149,6 +155,7 @@ def score(
             )
         with store.done_index() if opts.incremental else contextlib.nullcontext() as done:
             manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
+        timeline.mark("manifest_written")
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
             f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
@@ -158,7 +165,21 @@ def score(
         monitor = RunMonitor(spec.classes)
         committed = (
             _score_in_chunks(
-                store, run_id, manifest, root, spec, tta, plan, opts, new, elastic, lease, served, monitor, ran
+                store,
+                run_id,
+                manifest,
+                root,
+                spec,
+                tta,
+                plan,
+                opts,
+                new,
+                elastic,
+                lease,
+                served,
+                monitor,
+                ran,
+                timeline,
             )
             if new
             else []
@@ -169,7 +190,8 @@ def score(
                 f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
                 "errors were committed; the next --incremental run scores the rest"
             )
-        wall = time.perf_counter() - t0
+        timeline.mark("done")
+        wall = timeline.marks["done"]
         summary = ScoreSummary(
             run_id=run_id,
             output=str(output),
@@ -191,6 +213,8 @@ def score(
             monitoring=monitor.summary(new, errors, reference),
             model_registry_name=spec.registry_name,
             model_registry_version=spec.registry_version,
+            timings=timeline.as_dict(),
+            exact_decode=opts.exact_decode,
         )
         store.finish_run(run_id, asdict(summary), committed)
     drift = drift_of(asdict(summary))
@@ -238,7 +262,13 @@ def _dataset(
         decode_batch,
         batch_size=opts.batch_size,
         num_cpus=0.5,
-        fn_kwargs={"root": root, "size": spec.size, "resize_method": spec.resize_method, "max_pixels": opts.max_pixels},
+        fn_kwargs={
+            "root": root,
+            "size": spec.size,
+            "resize_method": spec.resize_method,
+            "max_pixels": opts.max_pixels,
+            "exact": opts.exact_decode,
+        },
     )
     compute = (
         ray.data.ActorPoolStrategy(size=plan.actors)
@@ -259,6 +289,7 @@ def _dataset(
             "emit_plain": opts.emit_plain,
             "device": actor_device(plan.gpus_per_actor),
             **served,
+            "exact_decode": opts.exact_decode,
         },
     )
 
@@ -292,9 +323,12 @@ def _score_in_chunks(
     served: dict,
     monitor: RunMonitor,
     ran: dict[str, set[str]] | None = None,
+    timeline: Timeline | None = None,
 ) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them;
-    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row."""
+    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row
+    (`timeline`, when given, records when rows arrived and what the commits cost)."""
+    timeline = timeline or Timeline()
     wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
     seen = _SeenPaths()
@@ -304,19 +338,23 @@ def _score_in_chunks(
 
     def commit(rows: pa.Table) -> None:
         nonlocal errors
+        started = time.perf_counter()
         if lease is not None:
             lease.check()
         record = store.stage_chunk(run_id, len(committed) + 1, rows)
         store.commit_chunk(record)
+        timeline.add_commit(time.perf_counter() - started)
         committed.append(record)
         errors += record.errors
 
     if elastic:
         _wait_for_first_actor(plan, wait)
     ds = _dataset(store, manifest, root, spec, tta, plan, opts, served)
+    timeline.mark("pipeline_started")
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
             pending.append(seen.drop_repeats(batch))
+            timeline.rows(seen.count)
             monitor.update(
                 pending[-1].column("label").to_pylist(),
                 pending[-1].column("confidence").to_numpy(),

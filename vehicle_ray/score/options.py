@@ -37,6 +37,7 @@ class ScoreOptions:
     backend: Backend = "auto"
     tta_precision: TTAPrecision = "auto"  # of TTA's passes: auto (int8 where possible), int8, full
     max_pixels: int = DEFAULT_MAX_PIXELS
+    exact_decode: bool = False  # False: large JPEGs decode at reduced scale (decode.py); True: always in full
     incremental: bool = False
     overwrite: bool = False
     glob: str | None = None

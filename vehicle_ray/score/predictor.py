@@ -140,6 +140,7 @@ class Predictor:
         device: str = "cpu",
         temperature: float | None = None,
         policy: DecisionPolicy | None = None,
+        exact_decode: bool = False,
     ):
         import torch
 
@@ -167,6 +168,7 @@ class Predictor:
         self.plain, self.aug = batch_pipelines(transforms)
         self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
         self.temperature, self.policy = temperature, policy or DecisionPolicy()
+        self.exact_decode = exact_decode  # how the decode tasks were told to decode, recorded in the rows
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -199,6 +201,7 @@ class Predictor:
             "model_registry_name": pa.array([self.spec.registry_name] * n, pa.string()),
             "model_registry_version": pa.array([self.spec.registry_version] * n, pa.string()),
             **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
+            "exact_decode": pa.array([self.exact_decode] * n, pa.bool_()),
         }
         if self.emit_plain:
             columns["plain_probabilities"] = _prob_lists(plain, ok)

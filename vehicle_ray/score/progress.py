@@ -77,3 +77,43 @@ class Progress:
             return
         done, errors, chunks = self.state
         logger.info(progress_line(done, self.total, errors, chunks, self.clock() - self.start))
+
+
+class Timeline:
+    """Where a run's seconds go, for summary.json's `timings`: named points since the run started, the
+    first and last rows to reach the driver, and the time spent committing. Start-up (everything
+    before the first rows) and the steady state (first to last rows) are reported apart, because a
+    nightly dump's throughput is the steady state's, while a small run's wall time is mostly start-up."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.start = clock()
+        self.marks: dict[str, float] = {}
+        self.first_rows = self.last_rows = 0
+        self.commit_seconds = 0.0
+
+    def mark(self, name: str) -> None:
+        """Seconds since the start at the point `name` (the first time it is reached)."""
+        self.marks.setdefault(name, self.clock() - self.start)
+
+    def rows(self, done: int) -> None:
+        """`done` rows have reached the driver so far."""
+        if "first_rows" not in self.marks:
+            self.mark("first_rows")
+            self.first_rows = done
+        self.marks["last_rows"] = self.clock() - self.start
+        self.last_rows = done
+
+    def add_commit(self, seconds: float) -> None:
+        self.commit_seconds += seconds
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Seconds since the start at each point, `commit_s`, `steady_s` (first to last rows) and
+        `steady_images_per_second` (rows after the first batch over that span; None without one)."""
+        out: dict[str, float | None] = {f"{k}_s": round(v, 3) for k, v in self.marks.items()}
+        out["commit_s"] = round(self.commit_seconds, 3)
+        steady = self.marks.get("last_rows", 0.0) - self.marks.get("first_rows", 0.0)
+        out["steady_s"] = round(steady, 3)
+        rows = self.last_rows - self.first_rows
+        out["steady_images_per_second"] = round(rows / steady, 2) if steady > 0 and rows > 0 else None
+        return out
