@@ -178,4 +178,4 @@ def monitoring_reference(spec: ModelSpec, tta: TTASettings, temperature: float |
         return None
     mode = spec.baseline["plain" if tta.n == 0 else "tta"]
     histogram = mode["confidence_histogram"] if temperature is not None else mode["confidence_histogram_raw"]
-    return {"class_rates": mode["class_rates"], "confidence_histogram": histogram}
+    return {"class_rates": mode["class_rates"], "confidence_histogram": histogram, "n": mode.get("n")}
