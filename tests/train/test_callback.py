@@ -10,9 +10,7 @@ import pytest
 import torch
 from fasttransform import Pipeline
 
-from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.recipe import load_recipe
-from vehicle_ray.sample_data import write_sample_data
+from tests.train.tiny import tiny_split
 from vehicle_ray.train.callback import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -46,12 +44,7 @@ def test_each_epoch_reshuffles():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    write_sample_data(out, train=40, test=0, size=32, seed=4)
-    recipe = load_recipe("tiny_cpu").with_overrides(size=32, bs=8)
-    data = read_labeled_csv(out / "train.csv", out / "images")
-    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
-    return data, recipe, valid_idx
+    return tiny_split(tmp_path_factory.mktemp("tiny"), train=40, seed=4, bs=8)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ never from a GPU being visible; what `use_hardware` adds, `plain_fp32` takes off
 import pytest
 import torch
 
-from vehicle_ray.data import read_labeled_csv, split_indices
-from vehicle_ray.recipe import load_recipe
-from vehicle_ray.sample_data import write_sample_data
+from tests.train.tiny import tiny_split
 from vehicle_ray.train.config import TrainOptions, forwarded_env
 from vehicle_ray.train.driver import cpus_per_worker
 from vehicle_ray.train.hardware import WorkerHardware, plain_fp32, use_hardware, worker_hardware
@@ -49,12 +47,7 @@ def test_only_nccl_settings_are_forwarded_to_the_workers():
 
 @pytest.fixture(scope="module")
 def data_and_recipe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hw")
-    write_sample_data(out, train=20, test=0, size=32, seed=3)
-    recipe = load_recipe("tiny_cpu").with_overrides(size=32)
-    data = read_labeled_csv(out / "train.csv", out / "images")
-    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
-    return data, recipe, valid_idx
+    return tiny_split(tmp_path_factory.mktemp("hw"), train=20, seed=3)
 
 
 def test_normalize_stats_stay_on_the_cpu_when_a_gpu_is_visible(data_and_recipe, monkeypatch):

@@ -4,20 +4,14 @@ import pytest
 import torch
 import torchvision
 
-from vehicle_ray.data import read_labeled_csv, split_indices
+from tests.train.tiny import tiny_split
 from vehicle_ray.errors import InputError
-from vehicle_ray.recipe import load_recipe
-from vehicle_ray.sample_data import write_sample_data
 from vehicle_ray.train.learner import build_dataloaders, build_learner, pretrained_state_dict
 
 
 @pytest.fixture(scope="module")
 def dls_and_recipe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lrn")
-    write_sample_data(out, train=20, test=0, size=32, seed=2)
-    recipe = load_recipe("tiny_cpu").with_overrides(size=32)
-    data = read_labeled_csv(out / "train.csv", out / "images")
-    _, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    data, recipe, valid_idx = tiny_split(tmp_path_factory.mktemp("lrn"), train=20, seed=2)
     return build_dataloaders(data, recipe, valid_idx), recipe
 
 
