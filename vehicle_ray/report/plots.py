@@ -169,7 +169,12 @@ def runs_plot(rows: list[dict[str, Any]], path: Path) -> None:
     )
     axes[1].set_ylabel("confidence")
     axes[1].set_title("confidence")
-    axes[2].plot(x, [np.nan if r["drift"] is None else r["drift"] for r in rows], marker="o", label="drift (PSI)")
+    axes[2].plot(
+        x,
+        [np.nan if r["drift"] is None else r["drift"] for r in rows],
+        marker="o",
+        label="drift (PSI above sampling noise)",
+    )
     axes[2].axhline(DRIFT_FLAG, color="C3", linestyle="--", label=f"flag at {DRIFT_FLAG}")
     axes[2].set_ylabel("PSI vs validation")
     axes[2].set_title("drift")
