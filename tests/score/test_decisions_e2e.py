@@ -67,7 +67,7 @@ def test_calibrated_decisions_drift_and_older_artifacts(trained_model, sample_di
     assert [r["files"] for r in rows] == [60, len(pd.read_csv(only_one))]  # both runs committed
     # drift reads PSI in excess of sampling noise: the raw confidence PSI of 60 images is ~0.3 from noise alone
     assert rows[0]["drift"] < 0.25 and rows[0]["flags"] == [], rows[0]
-    assert rows[1]["drift"] > 0.5 and "class-drift" in rows[1]["flags"] and rows[1]["class_rates"]["1"] > 0.9
+    assert rows[1]["drift"] > 0.5 and "class-drift" in rows[1]["flags"] and rows[1]["class_rates"]["1"] > 0.8
     with Image.open(tmp_path / "runs.png") as img:
         assert img.width >= 600 and np.asarray(img.convert("L")).std() > 5
     table = CliRunner().invoke(cli, ["runs", str(out)]).stdout.splitlines()

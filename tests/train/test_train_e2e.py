@@ -103,7 +103,7 @@ STAGED_RECIPE = """
 # The seed's schedule in miniature: pretrained body, frozen stage, unfreeze, discriminative-lr stage
 arch = "resnet18"
 pretrained = true
-size = 48
+size = 32
 bs = 16
 valid_pct = 0.25
 seed = 42
@@ -134,7 +134,7 @@ def test_staged_recipe_on_two_workers_resumes_in_stage_two_then_rerun_resumes_to
     import torchvision
 
     data = tmp_path / "data"
-    write_sample_data(data, train=120, test=0, size=48, seed=5)  # small: this test is about control flow
+    write_sample_data(data, train=80, test=0, size=32, seed=5)  # small: this test is about control flow
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "weights.pth")
     (tmp_path / "staged.toml").write_text(STAGED_RECIPE)
     args = [
@@ -180,7 +180,7 @@ def test_staged_recipe_on_two_workers_resumes_in_stage_two_then_rerun_resumes_to
         "workers": 2,
     }
     n, accuracy, valid_loss = single_process_validation(tmp_path / "m", data, load_recipe(tmp_path / "staged.toml"))
-    assert n == 30
+    assert n == 20
     assert accuracy == pytest.approx(history["accuracy"].iloc[-1], abs=1e-6)
     assert valid_loss == pytest.approx(history["valid_loss"].iloc[-1], rel=1e-3)
     # A rerun with the same storage path and name continues from the last checkpoint (here: done).
