@@ -86,6 +86,7 @@ def test_publish_to_s3_then_refuse_then_overwrite(s3, tmp_path):
     assert sorted(p.name for p in local_model(uri).iterdir()) == sorted([*FILES, MODEL_JSON])
 
 
+@pytest.mark.slow  # a driver subprocess per kill point against the S3 server: ~12 s in all
 @pytest.mark.parametrize("exit_after", [2, 4, 5, 7, 8])
 def test_killed_publish_leaves_no_model_or_a_complete_one(s3, s3_server, tmp_path, exit_after):
     """The driver dies after its N-th object write (of 4 staged uploads + 4 copies into place) while
