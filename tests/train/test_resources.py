@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import our_stderr, run_cli
 from vehicle_ray.train.config import TrainOptions
 from vehicle_ray.train.driver import cpus_per_worker
 
@@ -46,9 +46,7 @@ def test_gpu_on_a_cpu_cluster_waits_then_fails_naming_gpu(tmp_path):
     )
     elapsed = time.monotonic() - t0
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
-    # Ray's placement-group cleaner prints a ConnectionError traceback when other Ray instances run on
-    # this machine (parallel test runs); that is Ray's own process and only happens beside them.
-    stderr = "".join(line for line in r.stderr.splitlines(keepends=True) if "(PlacementGroupCleaner" not in line)
+    stderr = our_stderr(r.stderr)
     # no GPU node to size the workers' CPUs from: the documented default of 4 CPUs per GPU worker
     assert "waiting for resources: 2 workers x {CPU: 4, GPU: 1} (cluster has {CPU: 2, GPU: 0}); up to 5s" in r.stdout
     assert stderr.startswith("Error: gave up waiting for resources after 5s (--wait-for-resources): "), r.stderr
