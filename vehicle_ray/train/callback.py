@@ -171,17 +171,27 @@ class RayTrainReport(Callback):
 
 class InjectedFailure(Callback):
     """Test-only fault injection: this process dies (as a preempted node would) right after the
-    report of epoch `after` (counted over all stages). Attached only when a test asks for it."""
+    report of epoch `after` (counted over all stages). Attached only when a test asks for it.
+    Once per run: the process that dies first creates `marker`; a restarted worker group that finds
+    no checkpoint yet (one still being registered when the process died) trains on instead of dying again."""
 
     order = RayTrainReport.order + 1  # the epoch's report and checkpoint happen first
 
-    def __init__(self, after: int, position: Position, rank: int):
-        self.after, self.position, self.rank = after, position, rank
+    def __init__(self, after: int, marker: str, position: Position, rank: int):
+        self.after, self.marker, self.position, self.rank = after, marker, position, rank
 
     def after_epoch(self) -> None:
-        if len(self.position.history) == self.after:
+        if len(self.position.history) == self.after and _first_to_create(self.marker):
             logger.info(f"injected failure on rank {self.rank} after epoch {self.after}")
             os._exit(1)
+
+
+def _first_to_create(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:

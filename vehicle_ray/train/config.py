@@ -91,6 +91,7 @@ class WorkerConfig:
     optimizer_state: bool = True
     env: tuple[tuple[str, str], ...] = ()  # forwarded_env(): set in each worker before it trains
     fail_after_epoch: int = 0  # test-only fault injection (FAIL_AFTER_EPOCH_ENV); 0: off
+    fail_marker: str = ""  # test-only: the file whose creation makes the injected failure happen once per run
     target: OperatingTarget | None = None  # the operating point to pick on the validation set
 
 

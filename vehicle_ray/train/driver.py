@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +183,7 @@ def train(
     require_shared_path(opts.storage_path or "~/ray_results", "--storage-path")
     require_shared_path(str(opts.out), "--out")
     cpus = cpus_per_worker(opts, node_resources())
+    fail_after_epoch = int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0"))
     cfg = WorkerConfig(
         data=data,
         recipe=recipe,
@@ -191,7 +194,8 @@ def train(
         checkpoint_every=opts.checkpoint_every,
         optimizer_state=opts.optimizer_state,
         env=forwarded_env(os.environ),
-        fail_after_epoch=int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0")),
+        fail_after_epoch=fail_after_epoch,
+        fail_marker=injected_failure_marker() if fail_after_epoch else "",
         target=opts.target,
     )
     # imports torch (Ray's TorchConfig): only once training starts
@@ -244,6 +248,11 @@ def train(
         mlflow_run_id=tracker.run_id if tracker else None,
         model_version=version,
     )
+
+
+def injected_failure_marker() -> str:
+    """Test-only: a fresh path (on this machine, where the tests run their workers) for InjectedFailure."""
+    return os.path.join(tempfile.gettempdir(), f"vehicle_ray_injected_failure_{uuid.uuid4().hex}")
 
 
 def _start_tracking(

@@ -106,7 +106,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
                 RayTrainReport(rank, i, start, position, _report, cfg.checkpoint_every, cfg.optimizer_state),
             ]
             if failure:
-                cbs.append(InjectedFailure(cfg.fail_after_epoch, position, rank))
+                cbs.append(InjectedFailure(cfg.fail_after_epoch, cfg.fail_marker, position, rank))
             learn.fit_one_cycle(stage.epochs, stage.lr_max(), start_epoch=start, cbs=cbs)
     if recipe.freeze_at_end and recipe.pretrained:
         learn.freeze()
