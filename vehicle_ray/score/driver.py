@@ -322,13 +322,12 @@ def _score_in_chunks(
     lease: Lease | None,
     served: dict,
     monitor: RunMonitor,
-    ran: dict[str, set[str]] | None = None,
-    timeline: Timeline | None = None,
+    ran: dict[str, set[str]],
+    timeline: Timeline,
 ) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them;
-    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row
-    (`timeline`, when given, records when rows arrived and what the commits cost)."""
-    timeline = timeline or Timeline()
+    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row, `ran`
+    collects the precisions the actors recorded and `timeline` when rows arrived and what commits cost."""
     wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
     seen = _SeenPaths()
@@ -359,9 +358,8 @@ def _score_in_chunks(
                 pending[-1].column("label").to_pylist(),
                 pending[-1].column("confidence").to_numpy(),
             )
-            if ran is not None:  # what the actors ran (a GPU actor: bf16 or fp16), for summary.json
-                for column in ("tta_plain_precision", "tta_aug_precision"):
-                    ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
+            for column in ("tta_plain_precision", "tta_aug_precision"):  # a GPU actor: bf16 or fp16
+                ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
             while sum(t.num_rows for t in pending) >= opts.commit_every:
                 rows = pa.concat_tables(pending)
                 commit(rows.slice(0, opts.commit_every))

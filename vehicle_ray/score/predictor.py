@@ -243,15 +243,12 @@ def _artifact_forwards(
 
 
 def artifact_batch_transforms(meta: dict[str, Any]) -> list:
-    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize;
-    every tensor they hold on the CPU (train.learner's Normalize.from_stats would put its stats on a
-    visible GPU): `move_transform_tensors` takes them to a GPU actor's device."""
+    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize,
+    every tensor on the CPU (train.learner builds Normalize's stats there): `move_transform_tensors`
+    takes them to a GPU actor's device."""
     from fastai.data.transforms import IntToFloatTensor
 
     from vehicle_ray.recipe import recipe_from_dict
     from vehicle_ray.train.learner import augment_transforms
 
-    with fastai_on_cpu():
-        transforms = [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]
-    move_transform_tensors(transforms, "cpu")  # whatever the builder did, CPU is the known starting point
-    return transforms
+    return [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]

@@ -13,9 +13,12 @@ convolutions (torch threads), so the defaults keep today's single-process loadin
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from vehicle_ray.device import gpu_precision
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,24 @@ def plain_fp32(learn) -> None:
 
     learn.remove_cbs([MixedPrecision, ChannelsLast])
     learn.model.to(memory_format=torch.contiguous_format)
+
+
+def enter_device(
+    use_gpu: bool, threads: int, loader_workers: int | None = None, gpu: Callable[[], torch.device] | None = None
+) -> tuple[torch.device, WorkerHardware]:
+    """Set this process up for the plan's device (a Train worker, the lr_find task) and return it with
+    its `worker_hardware`: CPU work hides the GPUs first (`cpu_only`) and uses `threads` torch threads;
+    GPU work gets `gpu()` (default cuda), whose capability picks the precision, and cudnn.benchmark."""
+    import torch
+
+    from vehicle_ray.device import cpu_only
+
+    if use_gpu:
+        device = gpu() if gpu is not None else torch.device("cuda")
+        hardware = worker_hardware(True, threads, torch.cuda.get_device_capability(device), loader_workers)
+    else:
+        cpu_only()  # a CPU process on a GPU node sees the node's GPUs (Ray 2.60): never touch them
+        torch.set_num_threads(threads)
+        device, hardware = torch.device("cpu"), worker_hardware(False, threads, None, loader_workers)
+    torch.backends.cudnn.benchmark = hardware.cudnn_benchmark
+    return device, hardware

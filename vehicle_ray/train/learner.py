@@ -27,6 +27,7 @@ from fasttransform import Transform
 from vehicle_ray.data import FN, LABEL, LabeledSet, require_local_root
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import METRICS, Recipe
+from vehicle_ray.train.hardware import WorkerHardware, use_hardware
 
 _RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop}
 
@@ -136,4 +137,21 @@ def build_learner(dls: DataLoaders, recipe: Recipe, state_dict: dict[str, torch.
         except RuntimeError as exc:
             raise InputError(f"--weights do not fit {recipe.arch}: {str(exc).splitlines()[0]}") from exc
         learn.model[0].load_state_dict(create_body(source, cut=model_meta[arch]["cut"]).state_dict())
+    return learn
+
+
+def device_learner(
+    data: LabeledSet,
+    recipe: Recipe,
+    valid_idx: np.ndarray,
+    state_dict: dict[str, torch.Tensor] | None,
+    device: torch.device,
+    hardware: WorkerHardware,
+) -> Learner:
+    """The recipe's learner on `device`, with `hardware`'s DataLoader settings and fastai callbacks
+    (train.hardware.enter_device says which)."""
+    dls = build_dataloaders(data, recipe, valid_idx, device, hardware.loader_workers, hardware.pin_memory)
+    learn = build_learner(dls, recipe, state_dict)
+    learn.model.to(device)
+    use_hardware(learn, hardware)
     return learn

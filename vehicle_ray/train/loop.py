@@ -24,7 +24,6 @@ import torch
 from fastai.data.core import DataLoaders
 
 from vehicle_ray.artifact import write_artifact
-from vehicle_ray.device import cpu_only
 from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.callback import (
     DataParallel,
@@ -36,8 +35,8 @@ from vehicle_ray.train.callback import (
     write_checkpoint,
 )
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
-from vehicle_ray.train.hardware import plain_fp32, use_hardware, worker_hardware
-from vehicle_ray.train.learner import build_dataloaders, build_learner
+from vehicle_ray.train.hardware import enter_device, plain_fp32
+from vehicle_ray.train.learner import device_learner
 from vehicle_ray.train.staging import local_images
 from vehicle_ray.train.validation import validation_set
 
@@ -63,25 +62,15 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     # logger gets the same level (the root logger is left alone).
     logging.getLogger(ray_train_context.__file__).setLevel(TRAIN_LOG_LEVEL)
     os.environ.update(dict(cfg.env))
-    if not cfg.use_gpu:
-        cpu_only()  # a --cpu worker on a GPU node sees the node's GPUs (Ray 2.60): never touch them
+    device, hardware = enter_device(cfg.use_gpu, cfg.threads, cfg.loader_workers, ray.train.torch.get_device)
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
-    capability = torch.cuda.get_device_capability(device) if cfg.use_gpu else None
-    hardware = worker_hardware(cfg.use_gpu, cfg.threads, capability, cfg.loader_workers)
     recipe = cfg.recipe
-    if not cfg.use_gpu:
-        torch.set_num_threads(cfg.threads)
-    torch.backends.cudnn.benchmark = hardware.cudnn_benchmark
     _seed_everything(recipe.seed)
-    dls = build_dataloaders(
-        local_images(cfg.data), recipe, cfg.valid_idx, device, hardware.loader_workers, hardware.pin_memory
-    )
-    learn = build_learner(dls, recipe, ray.get(weights_ref) if weights_ref is not None else None)
-    learn.model.to(device)
+    weights = ray.get(weights_ref) if weights_ref is not None else None
+    learn = device_learner(local_images(cfg.data), recipe, cfg.valid_idx, weights, device, hardware)
+    dls = learn.dls  # unsharded: what the artifact exports
     learn.dls = DataLoaders(sharded_train_dl(dls.train, rank, world_size, recipe.seed), dls.valid, device=device)
-    use_hardware(learn, hardware)
     learn.create_opt()
     position, resumed = Position(), False
     checkpoint = ray.train.get_checkpoint()

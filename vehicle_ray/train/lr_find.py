@@ -31,26 +31,17 @@ class LrSuggestions:
 def _run_lr_find(
     data: LabeledSet, recipe: Recipe, valid_idx, state_dict, unfrozen: bool, use_gpu: bool, threads: int
 ) -> tuple[dict, bytes]:
-    import torch
     from fastai.callback.schedule import minimum, slide, steep, valley
 
-    from vehicle_ray.device import cpu_only
     from vehicle_ray.report.plots import pyplot
-    from vehicle_ray.train.hardware import use_hardware, worker_hardware
-    from vehicle_ray.train.learner import build_dataloaders, build_learner
+    from vehicle_ray.train.hardware import enter_device
+    from vehicle_ray.train.learner import device_learner
     from vehicle_ray.train.staging import local_images
 
-    if not use_gpu:
-        cpu_only()  # the task may run on a GPU node whose GPUs it did not reserve
-    device = torch.device("cuda") if use_gpu else torch.device("cpu")
-    hardware = worker_hardware(use_gpu, threads, torch.cuda.get_device_capability(device) if use_gpu else None)
-    torch.backends.cudnn.benchmark = hardware.cudnn_benchmark
+    device, hardware = enter_device(use_gpu, threads)  # first: the task may run on a GPU node it did not reserve
     plt = pyplot()
 
-    dls = build_dataloaders(local_images(data), recipe, valid_idx, device, hardware.loader_workers, hardware.pin_memory)
-    learn = build_learner(dls, recipe, state_dict)
-    learn.model.to(device)
-    use_hardware(learn, hardware)
+    learn = device_learner(local_images(data), recipe, valid_idx, state_dict, device, hardware)
     if recipe.pretrained and not unfrozen:
         learn.freeze()
     with learn.no_bar():
