@@ -5,7 +5,7 @@
    starts); medians, ms per image and the speed-up.
 2. What it changes in the scores: the scorer's own TTA (`tta_probabilities`, the passes on the
    artifact's int8 ONNX model as `--tta-precision auto` runs them on CPU) on the same files decoded
-   both ways, with the same random augmentations (same torch seed), so only the decode differs:
+   both ways, with the same random augmentations (same seed), so only the decode differs:
    label agreement and |dp|. For scale, TTA's own noise: the exact decode scored twice with two
    different seeds. The reduced decode passes when its figures stay within that noise.
 
@@ -25,16 +25,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from bench_score import make_model
 from camera_jpegs import write_camera_jpegs
 from PIL import Image
 from tta_precision import compare
 
 from vehicle_ray.artifact import ONNX_INT8, open_artifact
+from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.decode import decode_image
-from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
-from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
+from vehicle_ray.score.predictor import onnx_forward
+from vehicle_ray.score.tta import TTASettings, tta_probabilities
 
 
 def decode_all(data: list[bytes], size: int, method: str, exact: bool) -> tuple[np.ndarray, float]:
@@ -60,12 +60,13 @@ def decode_times(data: list[bytes], size: int, method: str, repeats: int) -> dic
 
 def tta_scores(art, images: np.ndarray, seed: int, threads: int, n: int) -> np.ndarray:
     """The scorer's TTA probabilities for decoded images, every pass on the int8 model, seeded."""
-    plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
+    augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]), seed=seed)
     forward = onnx_forward(art.path(ONNX_INT8), threads)
     settings = TTASettings(n=n, beta=art.meta["tta"]["beta"])
-    torch.manual_seed(seed)
-    batches = [torch.from_numpy(images[i : i + 64]).permute(0, 3, 1, 2) for i in range(0, len(images), 64)]
-    return np.concatenate([tta_probabilities(forward, x, plain, aug, settings)[0].numpy() for x in batches])
+    batches = [images[i : i + 64] for i in range(0, len(images), 64)]
+    return np.concatenate(
+        [tta_probabilities(forward, x, augment.plain, augment.augmented, settings)[0] for x in batches]
+    )
 
 
 def main() -> None:
@@ -87,7 +88,6 @@ def main() -> None:
     method = art.meta["input"]["resize_method"]
     timing = decode_times(data, art.size, method, args.repeats)
     exact, reduced = (decode_all(data, art.size, method, exact=e)[0] for e in (True, False))
-    torch.set_num_threads(args.threads)  # the augmentations' torch ops, as in the actor
     reference = tta_scores(art, exact, 0, args.threads, args.tta_n)
     result = {
         "images": len(files),

@@ -7,7 +7,7 @@
 model.int8.onnx: the same ONNX Runtime session settings as the model actor (`onnx_forward`, THREADS
 intra-op threads) and the same batch shapes (the plain pass on a batch, the n augmented passes as
 one n-times larger batch), on batches that already went through the scorer's own plain and
-augmented transforms. Model time does not depend on the pixels, so at most MAX_BATCHES distinct
+augmented transforms (score/augment.py). Model time does not depend on the pixels, so at most MAX_BATCHES distinct
 batches are prepared (bounded memory) and cycled over until every image has had its n+1 passes.
 Prints one JSON line: seconds and ms per image per pass.
 """
@@ -54,19 +54,16 @@ def eager_seconds(art, files: list[Path]) -> float:
 
 def int8_seconds(art, files: list[Path], threads: int, n: int, batch_size: int) -> float:
     """The int8 ONNX model's n+1 passes over every image, on pre-augmented batches."""
-    from fastai.torch_core import TensorImage  # what the transforms dispatch on, as in tta_probabilities
+    from vehicle_ray.score.augment import AugmentSpec, FusedAugment
+    from vehicle_ray.score.predictor import onnx_forward
 
-    from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
-    from vehicle_ray.score.tta import batch_pipelines
-
-    plain_tfms, aug_tfms = batch_pipelines(artifact_batch_transforms(art.meta))
+    augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]))
     forward = onnx_forward(art.path(ONNX_INT8), threads)
     prepared = []
-    for images in decoded_batches(art, files[: MAX_BATCHES * batch_size], batch_size):
-        x = TensorImage(images)
-        plain = torch.as_tensor(plain_tfms(x)).contiguous()
-        aug = torch.cat([torch.as_tensor(aug_tfms(x)) for _ in range(n)]).contiguous() if n else None
-        prepared.append((plain, aug))
+    for batch in decoded_batches(art, files[: MAX_BATCHES * batch_size], batch_size):
+        images = batch.permute(0, 2, 3, 1).numpy()  # the actor's uint8 NHWC
+        aug = np.concatenate([augment.augmented(images) for _ in range(n)]) if n else None
+        prepared.append((augment.plain(images), aug))
     sizes = [len(files[i : i + batch_size]) for i in range(0, len(files), batch_size)]
     for batch in prepared[0]:  # warm-up: ONNX Runtime allocates on its first run of each shape
         if batch is not None:
@@ -76,7 +73,7 @@ def int8_seconds(art, files: list[Path], threads: int, n: int, batch_size: int) 
         plain, aug = prepared[k % len(prepared)]
         forward(plain[:size])
         if aug is not None:
-            forward(aug.view(n, -1, *aug.shape[1:])[:, :size].reshape(-1, *aug.shape[1:]))
+            forward(aug.reshape(n, -1, *aug.shape[1:])[:, :size].reshape(-1, *aug.shape[1:]))
     return time.perf_counter() - t0
 
 

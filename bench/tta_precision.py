@@ -1,7 +1,7 @@
 """How much the int8 augmented passes change TTA results, with the augmentation noise taken out.
 
 Runs the scorer's own TTA on the same decoded images twice with the same random augmentations
-(same torch seed): once with every pass on the fp32 ONNX model, once with every pass on the
+(same seed): once with every pass on the fp32 ONNX model, once with every pass on the
 artifact's int8 model (what `--tta-precision auto` runs on CPU). Prints label agreement and |dp|
 between the two, and the same figures for two fp32 runs with different seeds (fastai-style TTA's own noise), for scale.
 
@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
+from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.decode import decode_image
-from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
-from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
+from vehicle_ray.score.predictor import onnx_forward
+from vehicle_ray.score.tta import TTASettings, tta_probabilities
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -39,25 +39,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     art = open_artifact(args.model, verify=(ONNX, ONNX_INT8))
     fp32, int8 = onnx_forward(art.path(ONNX), args.threads), onnx_forward(art.path(ONNX_INT8), args.threads)
-    plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
     settings = TTASettings(n=args.n, beta=art.meta["tta"]["beta"])
     files = sorted(Path(args.images).iterdir())[: args.limit]
 
+    method = art.meta["input"]["resize_method"]
     decoded = [
-        torch.from_numpy(
-            np.stack(
-                [decode_image(f.read_bytes(), art.size, art.meta["input"]["resize_method"]) for f in files[i : i + 64]]
-            )
-        ).permute(0, 3, 1, 2)
+        np.stack([decode_image(f.read_bytes(), art.size, method) for f in files[i : i + 64]])
         for i in range(0, len(files), 64)
     ]
 
     def run(seed: int, forward) -> np.ndarray:
-        torch.manual_seed(seed)
-        return np.concatenate([tta_probabilities(forward, x, plain, aug, settings)[0].numpy() for x in decoded])
+        augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]), seed=seed)
+        return np.concatenate(
+            [tta_probabilities(forward, x, augment.plain, augment.augmented, settings)[0] for x in decoded]
+        )
 
     reference = run(0, fp32)
     print(

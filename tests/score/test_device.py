@@ -62,10 +62,6 @@ def decoded_batch(n: int = 3) -> dict[str, np.ndarray]:
     return {"path": np.array([f"/x/{i}.jpg" for i in range(n)], dtype=object), "image": images, "error": errors}
 
 
-def tensors_of(transform) -> dict[str, torch.Tensor]:
-    return {name: v for name, v in vars(transform).items() if isinstance(v, torch.Tensor)}
-
-
 @pytest.fixture
 def gpu_visible(monkeypatch):
     """A CPU actor on a GPU node under Ray 2.60: CUDA looks available though the actor reserved none.
@@ -79,13 +75,8 @@ def test_a_cpu_planned_actor_stays_on_cpu_when_a_gpu_is_visible(artifact, gpu_vi
     spec = resolve_model(artifact / "export.pkl" if allow_pickle else artifact, allow_pickle=allow_pickle)
     opts = ScoreOptions(backend="torch", tta_n=2)
     tta = tta_settings(spec, opts)
+    # a Normalize with its stats on cuda (or a model moved there) would fail on this driverless machine
     predictor = Predictor(spec, tta, backend="torch", device=actor_device(opts.gpus_per_actor))
-    assert predictor.device.type == "cpu"
-    moved = [t for t in predictor.plain.fs if tensors_of(t)]
-    assert moved, "expected Normalize's mean/std among the batch transforms"
-    for t in predictor.plain.fs:
-        for name, value in tensors_of(t).items():
-            assert value.device.type == "cpu", f"{type(t).__name__}.{name} on {value.device}"
     rows = predictor(decoded_batch()).to_pydict()
     assert rows["error"] == [None, None, "broken"]
     assert all(abs(sum(p) - 1) < 1e-4 for p in rows["probabilities"][:2]) and rows["probabilities"][2] is None
@@ -95,7 +86,9 @@ def test_a_cpu_planned_actor_stays_on_cpu_when_a_gpu_is_visible(artifact, gpu_vi
 
 def test_the_default_device_is_cpu_whatever_is_visible(artifact, gpu_visible):
     spec = resolve_model(artifact)
-    assert Predictor(spec, tta_settings(spec, ScoreOptions(backend="torch")), backend="torch").device.type == "cpu"
+    predictor = Predictor(spec, tta_settings(spec, ScoreOptions(backend="torch")), backend="torch")
+    assert predictor(decoded_batch()).to_pydict()["error"] == [None, None, "broken"]
+    assert not torch.cuda.is_initialized()
 
 
 def test_a_gpu_planned_actor_without_a_gpu_says_so(artifact):

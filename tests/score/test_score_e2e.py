@@ -303,3 +303,28 @@ def test_allow_pickle_scores_a_plain_fastai_export(trained_model, sample_dir, tm
     s = score(plain, sample_dir / "test.csv", tmp_path / "out", images=sample_dir / "images", allow_pickle=True)
     assert (s.scored, s.errors) == (100, 0)
     assert s.model_id.startswith("fastai-export-")
+
+
+def test_a_cpu_onnx_actor_scores_without_importing_torch_or_fastai(trained_model):
+    """The default CPU actor (ONNX Runtime + the fused augmentation) must not pay torch's and fastai's
+    imports at start-up; the rows it makes are complete TTA rows."""
+    code = f"""
+import json, sys
+import numpy as np
+from vehicle_ray.score.model import resolve_model
+from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.score.planning import tta_settings
+from vehicle_ray.score.predictor import Predictor
+spec = resolve_model({str(trained_model)!r})
+tta = tta_settings(spec, ScoreOptions())
+images = np.random.default_rng(0).integers(0, 256, (4, spec.size, spec.size, 3), dtype=np.uint8)
+batch = {{"path": np.array(list("abcd"), dtype=object), "image": images, "error": np.array([""] * 4, dtype=object)}}
+rows = Predictor(spec, tta)(batch).to_pydict()
+print(json.dumps({{"modules": sorted(m for m in ("torch", "fastai", "torchvision") if m in sys.modules),
+                  "sums": [sum(p) for p in rows["probabilities"]], "aug": rows["tta_aug_precision"]}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["modules"] == []
+    assert all(abs(s - 1) < 1e-4 for s in out["sums"]) and out["aug"] == ["int8"] * 4

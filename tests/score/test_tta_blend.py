@@ -6,6 +6,7 @@ plain and aug); `aug_forward` runs the augmented passes only. The model is a fix
 per-channel means of each image half, so a horizontal flip changes its output.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,13 @@ class Cycle:
         return aug(plain_tfms(x))
 
 
+def tta(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """tta_probabilities, whose results are float32 NumPy arrays whatever the model's tensors are."""
+    probs, plain = tta_probabilities(*args, **kwargs)
+    assert isinstance(probs, np.ndarray) and probs.dtype == plain.dtype == np.float32
+    return torch.from_numpy(probs), torch.from_numpy(plain)
+
+
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -51,7 +59,7 @@ def expected(images: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_no_augmented_pass_is_the_plain_pass(images):
     aug = Cycle()
-    probs, plain = tta_probabilities(forward, images, plain_tfms, aug, TTASettings(n=0, beta=0.25))
+    probs, plain = tta(forward, images, plain_tfms, aug, TTASettings(n=0, beta=0.25))
     want = torch.softmax(forward(plain_tfms(images)), -1)
     assert torch.allclose(probs, want) and torch.equal(probs, plain)
     assert aug.calls == 0
@@ -59,7 +67,7 @@ def test_no_augmented_pass_is_the_plain_pass(images):
 
 @pytest.mark.parametrize("n, beta", [(1, 0.25), (4, 0.25), (3, 0.6), (4, 0.0), (4, 1.0)])
 def test_mean_blend_is_beta_plain_plus_rest_augmented_mean(images, n, beta):
-    probs, plain = tta_probabilities(forward, images, plain_tfms, Cycle(), TTASettings(n=n, beta=beta))
+    probs, plain = tta(forward, images, plain_tfms, Cycle(), TTASettings(n=n, beta=beta))
     want_plain, passes = expected(images, n)
     assert torch.allclose(plain, want_plain, atol=1e-6)
     assert torch.allclose(probs, beta * want_plain + (1 - beta) * passes.mean(0), atol=1e-6)
@@ -68,17 +76,17 @@ def test_mean_blend_is_beta_plain_plus_rest_augmented_mean(images, n, beta):
 
 def test_beta_one_is_plain_and_beta_zero_is_the_augmented_mean(images):
     plain, passes = expected(images, 4)
-    one, _ = tta_probabilities(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=1.0))
-    zero, _ = tta_probabilities(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.0))
+    one, _ = tta(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=1.0))
+    zero, _ = tta(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.0))
     assert torch.allclose(one, plain, atol=1e-6) and torch.allclose(zero, passes.mean(0), atol=1e-6)
     assert not torch.allclose(one, zero, atol=1e-3)  # the augmentations really change the output
 
 
 def test_use_max_is_the_elementwise_max_of_plain_and_every_pass(images):
-    probs, _ = tta_probabilities(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.25, use_max=True))
+    probs, _ = tta(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.25, use_max=True))
     plain, passes = expected(images, 4)
     assert torch.allclose(probs, torch.maximum(plain, passes.max(0).values), atol=1e-6)
-    mean, _ = tta_probabilities(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.25))
+    mean, _ = tta(forward, images, plain_tfms, Cycle(), TTASettings(n=4, beta=0.25))
     assert not torch.allclose(probs, mean, atol=1e-3)
 
 
@@ -94,10 +102,25 @@ def test_aug_forward_runs_the_augmented_passes_only(images):
         return forward(x)[:, [2, 1, 0]] * 2  # a different model, e.g. the int8 one
 
     n, beta = 3, 0.25
-    probs, plain = tta_probabilities(plain_model, images, plain_tfms, Cycle(), TTASettings(n=n, beta=beta), aug_model)
+    probs, plain = tta(plain_model, images, plain_tfms, Cycle(), TTASettings(n=n, beta=beta), aug_model)
     assert calls == {"plain": [len(images)], "aug": [n * len(images)]}  # n passes as one batch
     want_plain = torch.softmax(forward(plain_tfms(images)), -1)
     cycle = Cycle()
     aug = torch.stack([torch.softmax(forward(cycle(images))[:, [2, 1, 0]] * 2, -1) for _ in range(n)]).mean(0)
     assert torch.allclose(plain, want_plain, atol=1e-6)
     assert torch.allclose(probs, beta * want_plain + (1 - beta) * aug, atol=1e-6)
+
+
+def test_numpy_passes_blend_the_same_as_torch_ones(images):
+    """The fused CPU path hands NumPy batches and a NumPy-returning model to the same blend."""
+    settings = TTASettings(n=4, beta=0.25)
+    want, want_plain = tta(forward, images, plain_tfms, Cycle(), settings)
+    cycle = Cycle()
+    got, got_plain = tta(
+        lambda x: forward(torch.from_numpy(x)).numpy(),
+        images.numpy(),
+        lambda x: plain_tfms(torch.from_numpy(x)).numpy(),
+        lambda x: cycle(torch.from_numpy(x)).numpy(),
+        settings,
+    )
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_plain, want_plain, atol=1e-6)

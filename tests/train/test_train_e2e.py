@@ -226,21 +226,17 @@ def test_offline_pretrained_weights_error_names_the_ways_out(sample_dir, tmp_pat
 def test_int8_model_tracks_the_fp32_model(trained_model, sample_dir):
     """The calibrated int8 copy (used for TTA's passes on CPU) gives the same labels as the
     fp32 model and probabilities within a few hundredths, on plain and on augmented inputs."""
-    from fastai.torch_core import TensorImage
-
+    from vehicle_ray.score.augment import AugmentSpec, FusedAugment
     from vehicle_ray.score.decode import decode_image
-    from vehicle_ray.score.predictor import artifact_batch_transforms, onnx_forward
-    from vehicle_ray.score.tta import batch_pipelines
+    from vehicle_ray.score.predictor import onnx_forward
 
     art = open_artifact(trained_model, verify=(ONNX, ONNX_INT8))
     fp32, int8 = onnx_forward(art.path(ONNX), 2), onnx_forward(art.path(ONNX_INT8), 2)
-    plain, aug = batch_pipelines(artifact_batch_transforms(art.meta))
+    augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]), seed=0)
     files = sorted((sample_dir / "images").glob("*.jpg"))[:128]
-    images = TensorImage(
-        torch.from_numpy(np.stack([decode_image(f.read_bytes(), art.size) for f in files])).permute(0, 3, 1, 2)
-    )
-    for pipeline in (plain, aug):
-        x = torch.as_tensor(pipeline(images))
-        p32, p8 = (torch.softmax(f(x), dim=-1) for f in (fp32, int8))
+    images = np.stack([decode_image(f.read_bytes(), art.size) for f in files])
+    for passes in (augment.plain, augment.augmented):
+        x = passes(images)
+        p32, p8 = (torch.softmax(torch.from_numpy(f(x)), dim=-1) for f in (fp32, int8))
         assert (p32.argmax(1) == p8.argmax(1)).float().mean() >= 0.97
         assert (p32 - p8).abs().mean() <= 0.03

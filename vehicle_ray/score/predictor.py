@@ -6,8 +6,10 @@ Without TTA the plain pass always runs the full-precision model.
 The device follows the plan (`device`, from --gpus-per-actor on the driver), never what the actor can
 see: Ray no longer hides a node's GPUs from actors that reserved none.
 
-torch and fastai are imported inside the functions that use them: the driver pickles `Predictor` by
-reference and would otherwise pay seconds of imports it never uses.
+A CPU actor on ONNX files runs TTA's augmentation fused (score/augment.py: NumPy + OpenCV) and never
+imports torch or fastai; GPU actors, --backend torch and --allow-pickle run fastai's own batch transforms
+on the model's device. torch and fastai are imported inside the functions that use them: the driver
+pickles `Predictor` by reference and would otherwise pay seconds of imports it never uses.
 """
 
 from __future__ import annotations
@@ -19,31 +21,31 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from vehicle_ray.artifact import WEIGHTS, load_torch_model, open_artifact
+from vehicle_ray.artifact import WEIGHTS, Artifact, load_torch_model, open_artifact
 from vehicle_ray.calibration import apply_temperature
 from vehicle_ray.decision import DecisionPolicy, decide
 from vehicle_ray.device import fastai_on_cpu, gpu_precision
+from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
 from vehicle_ray.score.planning import ran_precisions
-from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
+from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
 
 if TYPE_CHECKING:
     import torch
 
 
-def onnx_forward(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_forward(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """logits = forward(normalised NCHW float batch) on an ONNX Runtime CPU session of `path`."""
     import onnxruntime as ort
-    import torch
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {"image": np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-        return torch.from_numpy(logits)
+    def forward(x: np.ndarray) -> np.ndarray:
+        (logits,) = session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return logits
 
     return forward
 
@@ -117,7 +119,7 @@ def _torch_forward(
             torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         )
         with autocast:
-            return model(torch.as_tensor(x)).float().cpu()
+            return model(torch.as_tensor(x)).float()
 
     return forward
 
@@ -142,30 +144,12 @@ class Predictor:
         policy: DecisionPolicy | None = None,
         exact_decode: bool = False,
     ):
-        import torch
-
-        self.device = torch.device(device)
-        use_gpu = self.device.type == "cuda"
-        dtype, ran = None, tta
-        if use_gpu:
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"this model actor was planned for {device} (--gpus-per-actor) but sees no GPU")
-            capability = torch.cuda.get_device_capability(self.device)
-            dtype = gpu_autocast_dtype(capability)
-            ran = ran_precisions(tta, gpu_precision(capability))
-        torch.set_num_threads(threads)
         directory = spec.directory if spec.directory.exists() else local_model(spec.source, spec.tracking_uri)
-        with fastai_on_cpu():
-            if spec.allow_pickle:
-                _, learn = pickle_learner(directory)
-                transforms = list(learn.dls.after_batch.fs)
-                self.forward = self.aug_forward = _torch_forward(learn.model, self.device, dtype)
-            else:
-                transforms, self.forward, self.aug_forward = _artifact_forwards(
-                    spec, tta, directory, backend, use_gpu, threads, self.device, dtype
-                )
-        move_transform_tensors(transforms, self.device)  # also on CPU: a pickle may hold them on cuda
-        self.plain, self.aug = batch_pipelines(transforms)
+        files = None if spec.allow_pickle else pass_files(spec, tta, backend, device != "cpu")
+        if device == "cpu" and files is not None and WEIGHTS not in files:
+            self.passes, ran = _onnx_passes(spec, tta, directory, files, threads), tta
+        else:
+            self.passes, ran = _torch_passes(spec, tta, directory, files, threads, device)
         self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
         self.temperature, self.policy = temperature, policy or DecisionPolicy()
         self.exact_decode = exact_decode  # how the decode tasks were told to decode, recorded in the rows
@@ -178,13 +162,7 @@ class Predictor:
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         plain = probs.copy()
         if ok.any():
-            import torch
-
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2).to(self.device)
-            blended, plain_pass = tta_probabilities(
-                self.forward, images, self.plain, self.aug, self.tta, self.aug_forward
-            )
-            probs[ok], plain[ok] = blended.cpu().numpy(), plain_pass.cpu().numpy()
+            probs[ok], plain[ok] = self.passes(np.ascontiguousarray(batch["image"][ok]))
             if self.temperature is not None:
                 probs[ok] = apply_temperature(probs[ok], self.temperature)
         best = probs.argmax(axis=1)
@@ -212,20 +190,69 @@ def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
     return pa.array([p.tolist() if good else None for p, good in zip(probs, ok, strict=True)], pa.list_(pa.float32()))
 
 
-def _artifact_forwards(
-    spec: ModelSpec,
-    tta: TTASettings,
-    directory: Path,
-    backend: str,
-    use_gpu: bool,
-    threads: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-) -> tuple[list, Callable, Callable]:
-    """(batch transforms, plain-pass forward, augmented-pass forward) of a sha-verified artifact;
-    `use_gpu` is the plan's."""
-    plain, aug = pass_files(spec, tta, backend, use_gpu)
-    art = open_artifact(directory, verify={plain, aug})
+def _onnx_passes(
+    spec: ModelSpec, tta: TTASettings, directory: Path, files: tuple[str, str], threads: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """TTA on a CPU actor with ONNX Runtime and the fused augmentation: no torch or fastai in the actor
+    (their imports were ~10 s of each actor's start-up), one resampling per image and pass.
+    `files`: the (plain, augmented) passes' ONNX files."""
+    plain, aug = files
+    art = _verified_artifact(spec, directory, set(files))
+    forwards = {name: onnx_forward(art.path(name), threads) for name in set(files)}
+    augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]))
+
+    def passes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tta_probabilities(forwards[plain], images, augment.plain, augment.augmented, tta, forwards[aug])
+
+    return passes
+
+
+def _torch_passes(
+    spec: ModelSpec, tta: TTASettings, directory: Path, files: tuple[str, str] | None, threads: int, device_name: str
+) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], TTASettings]:
+    """TTA with eager PyTorch and fastai's own batch transforms on the model's device (GPU actors,
+    --backend torch, --allow-pickle: `files` None); also the TTA settings as they ran (a GPU's own
+    precision). `files`: the (plain, augmented) passes' artifact files."""
+    import torch
+
+    device = torch.device(device_name)
+    use_gpu = device.type == "cuda"
+    dtype, ran = None, tta
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"this model actor was planned for {device} (--gpus-per-actor) but sees no GPU")
+        capability = torch.cuda.get_device_capability(device)
+        dtype = gpu_autocast_dtype(capability)
+        ran = ran_precisions(tta, gpu_precision(capability))
+    torch.set_num_threads(threads)
+    with fastai_on_cpu():
+        if files is None:
+            _, learn = pickle_learner(directory)
+            transforms = list(learn.dls.after_batch.fs)
+            forward = aug_forward = _torch_forward(learn.model, device, dtype)
+        else:
+            plain, aug = files
+            art = _verified_artifact(spec, directory, set(files))
+            forwards = {
+                name: _torch_forward(load_torch_model(art), device, dtype)
+                if name == WEIGHTS
+                else onnx_forward(art.path(name), threads)
+                for name in set(files)
+            }
+            transforms, forward, aug_forward = artifact_batch_transforms(art.meta), forwards[plain], forwards[aug]
+    move_transform_tensors(transforms, device)  # also on CPU: a pickle may hold them on cuda
+    plain_tfms, aug_tfms = fastai_passes(transforms)
+
+    def passes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+        return tta_probabilities(forward, x, plain_tfms, aug_tfms, ran, aug_forward)
+
+    return passes, ran
+
+
+def _verified_artifact(spec: ModelSpec, directory: Path, files: set[str]) -> Artifact:
+    """The artifact at `directory` with `files` sha-verified, refused when it is not the run's model."""
+    art = open_artifact(directory, verify=files)
     if art.meta["model_sha256"] != spec.model_sha256 or art.classes != spec.classes:
         # an actor that (re)started later downloads the model again: a model republished at the same
         # URI meanwhile must not score rows that are recorded under the run's model id
@@ -233,13 +260,7 @@ def _artifact_forwards(
             f"the model at {spec.source} changed since this run started ({spec.model_id} -> "
             f"{art.meta['model_id']}); rerun to score with the new model"
         )
-    forwards = {
-        name: _torch_forward(load_torch_model(art), device, dtype)
-        if name == WEIGHTS
-        else onnx_forward(art.path(name), threads)
-        for name in {plain, aug}
-    }
-    return artifact_batch_transforms(art.meta), forwards[plain], forwards[aug]
+    return art
 
 
 def artifact_batch_transforms(meta: dict[str, Any]) -> list:

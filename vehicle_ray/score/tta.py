@@ -1,9 +1,11 @@
 """Test-time augmentation with fastai's semantics, on images decoded once.
 
 fastai's `Learner.tta(n, beta, use_max)` re-reads and re-decodes every file for each of its n
-augmented passes. Here the n passes apply fastai's own batch transforms (split_idx=0: the training-time
-augmentation) to the already-decoded uint8 batch, on whatever device the model is on, and the n
-augmented passes go through the augmented-pass model (`aug_model`, by default the same) as one batch:
+augmented passes. Here the n passes augment the already-decoded uint8 batch with the training-time
+augmentation — fastai's own batch transforms (`fastai_passes`, on the model's device: the torch and
+training paths) or the same augmentation fused per image (`score.augment.FusedAugment`, the CPU ONNX
+path) — and the n augmented passes go through the augmented-pass model (`aug_forward`, by default the
+same) as one batch:
 
     plain = softmax(model(plain_tfms(x)))
     aug   = mean_i softmax(aug_model(aug_tfms(x)))  (max with use_max)
@@ -14,11 +16,9 @@ augmented passes go through the augmented-pass model (`aug_model`, by default th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # imported where used: the scoring driver needs TTASettings without torch or fastai
-    import torch
-    from fasttransform import Pipeline
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -39,33 +39,51 @@ class TTASettings:
         }
 
 
-def batch_pipelines(transforms: list) -> tuple[Pipeline, Pipeline]:
-    """(plain, augmented) fastai Pipelines from a list of batch transforms (IntToFloatTensor, augs, Normalize)."""
+def fastai_passes(transforms: list) -> tuple[Callable, Callable]:
+    """(plain, augmented) batch functions from fastai batch transforms (IntToFloatTensor, augs, Normalize):
+    fastai's valid-split and train-split Pipelines on a uint8 NCHW tensor."""
+    import torch
+    from fastai.torch_core import TensorImage
     from fasttransform import Pipeline
 
-    return Pipeline(transforms, split_idx=1), Pipeline(transforms, split_idx=0)
+    plain, aug = Pipeline(transforms, split_idx=1), Pipeline(transforms, split_idx=0)
+    return (lambda x: torch.as_tensor(plain(TensorImage(x)))), (lambda x: torch.as_tensor(aug(TensorImage(x))))
 
 
 def tta_probabilities(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    plain_tfms: Pipeline,
-    aug_tfms: Pipeline,
+    forward: Callable[[Any], Any],
+    images: Any,
+    plain_tfms: Callable[[Any], Any],
+    aug_tfms: Callable[[Any], Any],
     settings: TTASettings,
-    aug_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TTA probabilities, plain-pass probabilities) for a uint8 NCHW batch, blended as Learner.tta.
-    `aug_forward` (default: `forward`) runs the augmented passes, e.g. on a quantized model."""
-    import torch
-    from fastai.torch_core import TensorImage
-
-    x = TensorImage(images)
-    plain = torch.softmax(forward(torch.as_tensor(plain_tfms(x))).float(), dim=-1)
+    aug_forward: Callable[[Any], Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(TTA probabilities, plain-pass probabilities) as float32 NumPy arrays for a uint8 batch, blended
+    as Learner.tta. `plain_tfms`/`aug_tfms` turn the batch into model input (torch tensors or NumPy
+    arrays alike); `forward` (and `aug_forward`, default `forward`, e.g. a quantized model for the
+    augmented passes) return logits."""
+    plain = _softmax(forward(plain_tfms(images)))
     if settings.n == 0:
         return plain, plain
-    passes = torch.cat([torch.as_tensor(aug_tfms(x)) for _ in range(settings.n)])
-    probs = torch.softmax((aug_forward or forward)(passes).float(), dim=-1).view(settings.n, len(images), -1)
-    aug = probs.max(0).values if settings.use_max else probs.mean(0)
+    passes = _concat([aug_tfms(images) for _ in range(settings.n)])
+    probs = _softmax((aug_forward or forward)(passes)).reshape(settings.n, len(plain), -1)
+    aug = probs.max(0) if settings.use_max else probs.mean(0)
     if settings.use_max:
-        return torch.maximum(plain, aug), plain
-    return torch.lerp(aug, plain, settings.beta), plain
+        return np.maximum(plain, aug), plain
+    return aug + settings.beta * (plain - aug), plain
+
+
+def _concat(parts: list) -> Any:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
+
+
+def _softmax(logits: Any) -> np.ndarray:
+    if not isinstance(logits, np.ndarray):  # a torch tensor, possibly on a GPU
+        logits = logits.detach().float().cpu().numpy()
+    z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

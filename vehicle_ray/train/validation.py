@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from fasttransform import Pipeline
 
-from vehicle_ray.score.tta import TTASettings, batch_pipelines, tta_probabilities
+from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,13 @@ def validation_set(
         def forward(x: torch.Tensor) -> torch.Tensor:
             return model(torch.as_tensor(x)).float()
 
-    plain_tfms, aug_tfms = batch_pipelines(list(learn.dls.train.after_batch.fs))
+    plain_tfms, aug_tfms = fastai_passes(list(learn.dls.train.after_batch.fs))
     decoded = (dl or learn.dls.valid).new(after_batch=Pipeline([]), shuffle=False, drop_last=False)
     probs, plain, targets = [], [], []
     with torch.inference_mode():
         for images, y in decoded:
             blended, plain_pass = tta_probabilities(forward, torch.as_tensor(images), plain_tfms, aug_tfms, tta)
-            probs.append(blended.cpu().numpy())
-            plain.append(plain_pass.cpu().numpy())
+            probs.append(blended)
+            plain.append(plain_pass)
             targets.append(torch.as_tensor(y).cpu().numpy())
     return ValidationSet(tta, np.concatenate(probs), np.concatenate(plain), np.concatenate(targets).astype(int))
