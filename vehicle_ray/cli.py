@@ -461,6 +461,13 @@ def lr_find_cmd(
     help="Seconds for the first model actor to start before failing [default: 600 on a cluster].",
 )
 @click.option(
+    "--in-process-up-to",
+    default=default(ScoreOptions, "in_process_up_to"),
+    show_default=True,
+    help="Score a listing of at most this many files in this process, without Ray, when no cluster is "
+    "given (RAY_ADDRESS): Ray's start-up costs more than scoring them. 0: always Ray.",
+)
+@click.option(
     "--progress-interval",
     default=default(ScoreOptions, "progress_interval"),
     show_default=True,

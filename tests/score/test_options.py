@@ -27,6 +27,7 @@ BAD_SCORE_OPTIONS = [
     ({"cpus_per_actor": 0}, "--cpus-per-actor"),
     ({"gpus_per_actor": -1}, "--gpus-per-actor"),
     ({"max_pixels": 0}, "--max-pixels"),
+    ({"in_process_up_to": -1}, "--in-process-up-to"),
 ]
 
 

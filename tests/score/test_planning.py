@@ -9,7 +9,13 @@ import pytest
 from tests.score.specs import model_spec
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.planning import MIN_READ_AHEAD_BYTES, plan_resources, read_ahead_bytes, tta_settings
+from vehicle_ray.score.planning import (
+    MIN_READ_AHEAD_BYTES,
+    in_process_plan,
+    plan_resources,
+    read_ahead_bytes,
+    tta_settings,
+)
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 7, 8, 16, 64, 96])
@@ -127,3 +133,23 @@ def test_int8_is_refused_where_it_cannot_run(opts):
 def test_full_precision_on_gpu_is_bf16_even_with_an_int8_model():
     s = tta_settings(model_spec(has_int8=True), ScoreOptions(tta_precision="full", gpus_per_actor=1))
     assert (s.plain_precision, s.aug_precision) == ("bf16", "bf16")
+
+
+@pytest.mark.parametrize(
+    "listed, opts, on_cluster, in_process",
+    [
+        (256, ScoreOptions(), False, True),  # the default threshold, inclusive
+        (257, ScoreOptions(), False, False),
+        (None, ScoreOptions(), False, False),  # more than one listing chunk: never counted, never small
+        (10, ScoreOptions(), True, False),  # RAY_ADDRESS, or Ray started by the caller
+        (10, ScoreOptions(gpus_per_actor=1), False, False),  # GPU actors keep the cluster's GPU checks
+        (10, ScoreOptions(in_process_up_to=0), False, False),  # 0: always Ray
+        (1000, ScoreOptions(in_process_up_to=1000), False, True),
+    ],
+)
+def test_only_small_listings_on_no_cluster_score_in_process(listed, opts, on_cluster, in_process):
+    plan = in_process_plan(listed, opts, cpus=8, on_cluster=on_cluster)
+    assert (plan is not None) == in_process
+    if plan is not None:
+        assert plan.in_process and plan.threads == 8 and plan.gpus_per_actor == 0
+        assert "in this process" in plan.describe()

@@ -328,3 +328,30 @@ print(json.dumps({{"modules": sorted(m for m in ("torch", "fastai", "torchvision
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["modules"] == []
     assert all(abs(s - 1) < 1e-4 for s in out["sums"]) and out["aug"] == ["int8"] * 4
+
+
+def test_a_small_local_run_scores_in_process_as_the_pipeline_does(trained_model, sample_dir, tmp_path):
+    """A listing at or below --in-process-up-to, with no cluster, is scored without Ray: the same rows
+    (--no-tta: deterministic) and the same error rows as the Ray Data pipeline, every file accounted for."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for f in sorted((sample_dir / "images").glob("*.jpg"))[:40]:
+        shutil.copy(f, dump / f.name)
+    (dump / "broken.jpg").write_bytes(b"not a jpeg")
+    runs = {}
+    for mode, flags in [("in_process", []), ("ray", ["--in-process-up-to", "40"])]:  # 41 files: one over
+        out = tmp_path / mode
+        args = ["--model", str(trained_model), "--input", str(dump), "--output", str(out), "--no-tta", *flags]
+        r = run_cli("score", *args)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert "scored 40 of 41 files (1 errors" in r.stdout
+        assert ("in this process" in r.stdout) == (mode == "in_process"), r.stdout
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["resources"]["in_process"] == (mode == "in_process")
+        runs[mode] = read(out).set_index("path").sort_index()
+    ours, ray_rows = runs["in_process"], runs["ray"]
+    assert list(ours.index) == list(ray_rows.index) and len(ours) == 40
+    diff = np.abs(np.stack(ours["probabilities"].to_numpy()) - np.stack(ray_rows["probabilities"].to_numpy()))
+    assert diff.max() <= 1e-5 and (ours["label"] == ray_rows["label"]).all()
+    errors = {m: read(tmp_path / m, "errors") for m in runs}
+    assert list(errors["in_process"]["error"]) == list(errors["ray"]["error"]) and len(errors["ray"]) == 1

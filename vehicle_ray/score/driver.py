@@ -22,9 +22,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import ray
 
 from vehicle_ray.artifact import open_artifact
@@ -43,6 +45,7 @@ from vehicle_ray.score.planning import (
     Plan,
     actor_device,
     describe_precisions,
+    in_process_plan,
     monitoring_reference,
     plan_resources,
     read_ahead_bytes,
@@ -128,18 +131,18 @@ def score(
     first = next(chunks, None)
     if first is None:
         raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
-    chunks = itertools.chain([first], chunks)
+    second = next(chunks, None)  # a listing of one chunk is small enough to count before deciding on Ray
+    chunks = itertools.chain([first], [second] if second is not None else [], chunks)
+    elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
+    local = in_process_plan(
+        len(first) if second is None else None, opts, os.cpu_count() or 1, elastic or ray.is_initialized()
+    )
     store = OutputStore.open(output)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
         timeline.mark("lease_taken")
-        elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
-        resources = init_ray()
-        timeline.mark("ray_ready")
-        require_shared_path(root.uri, "--images" if images is not None else "--input")
-        require_shared_path(str(output), "--output")
-        plan = plan_resources(resources, opts, elastic=elastic)
+        plan = local or _ray_plan(root, output, images, opts, elastic, timeline)
         recovered = store.recover()
         if any(recovered.values()):
             logger.info(
@@ -228,6 +231,22 @@ def score(
     return summary
 
 
+def _ray_plan(
+    root: ImageRoot,
+    output: str | Path,
+    images: str | Path | None,
+    opts: ScoreOptions,
+    elastic: bool,
+    timeline: Timeline,
+) -> Plan:
+    """Start (or join) Ray, check that the paths are shared with its nodes and size the actor pool."""
+    resources = init_ray()
+    timeline.mark("ray_ready")
+    require_shared_path(root.uri, "--images" if images is not None else "--input")
+    require_shared_path(str(output), "--output")
+    return plan_resources(resources, opts, elastic=elastic)
+
+
 def _writer_lease(store: OutputStore, run_id: str, opts: ScoreOptions) -> contextlib.AbstractContextManager:
     """The output's lease for this run (or nothing with --no-lease)."""
     if not opts.lease:
@@ -259,16 +278,7 @@ def _dataset(
     # An actor lost while it loads the model is replaced too (max_consecutive_actor_init_deaths,
     # set in _configure_data_context), a few times in a row, so a broken model still fails the run.
     ds = ds.map_batches(
-        decode_batch,
-        batch_size=opts.batch_size,
-        num_cpus=0.5,
-        fn_kwargs={
-            "root": root,
-            "size": spec.size,
-            "resize_method": spec.resize_method,
-            "max_pixels": opts.max_pixels,
-            "exact": opts.exact_decode,
-        },
+        decode_batch, batch_size=opts.batch_size, num_cpus=0.5, fn_kwargs=_decode_kwargs(root, spec, opts)
     )
     compute = (
         ray.data.ActorPoolStrategy(size=plan.actors)
@@ -281,17 +291,52 @@ def _dataset(
         compute=compute,
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "tta": tta,
-            "backend": opts.backend,
-            "threads": plan.threads,
-            "emit_plain": opts.emit_plain,
-            "device": actor_device(plan.gpus_per_actor),
-            **served,
-            "exact_decode": opts.exact_decode,
-        },
+        fn_constructor_kwargs=_predictor_kwargs(spec, tta, plan, opts, served),
     )
+
+
+def _decode_kwargs(root: ImageRoot, spec: ModelSpec, opts: ScoreOptions) -> dict:
+    return {
+        "root": root,
+        "size": spec.size,
+        "resize_method": spec.resize_method,
+        "max_pixels": opts.max_pixels,
+        "exact": opts.exact_decode,
+    }
+
+
+def _predictor_kwargs(spec: ModelSpec, tta: TTASettings, plan: Plan, opts: ScoreOptions, served: dict) -> dict:
+    return {
+        "spec": spec,
+        "tta": tta,
+        "backend": opts.backend,
+        "threads": plan.threads,
+        "emit_plain": opts.emit_plain,
+        "device": actor_device(plan.gpus_per_actor),
+        **served,
+        "exact_decode": opts.exact_decode,
+    }
+
+
+def _in_process_rows(
+    store: OutputStore,
+    manifest: str,
+    root: ImageRoot,
+    spec: ModelSpec,
+    tta: TTASettings,
+    plan: Plan,
+    opts: ScoreOptions,
+    served: dict,
+) -> Iterator[pa.Table]:
+    """The pipeline's steps for a small local run, in this process: the same decode_batch and
+    Predictor on the same manifest, one batch at a time (what one actor and its decode tasks do)."""
+    predictor = Predictor(**_predictor_kwargs(spec, tta, plan, opts, served))
+    decode = _decode_kwargs(root, spec, opts)
+    for record_batch in pads.dataset(manifest, filesystem=store.fs, format="parquet").to_batches(
+        batch_size=opts.batch_size
+    ):
+        columns = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in ("path", "rel")}
+        yield predictor(decode_batch(columns, **decode))
 
 
 def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, elastic: bool) -> float:
@@ -328,7 +373,6 @@ def _score_in_chunks(
     """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them;
     `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row, `ran`
     collects the precisions the actors recorded and `timeline` when rows arrived and what commits cost."""
-    wait = _configure_data_context(plan, spec, opts, elastic)
     committed: list[ChunkCommit] = []
     seen = _SeenPaths()
     pending: list[pa.Table] = []
@@ -346,12 +390,18 @@ def _score_in_chunks(
         committed.append(record)
         errors += record.errors
 
-    if elastic:
-        _wait_for_first_actor(plan, wait)
-    ds = _dataset(store, manifest, root, spec, tta, plan, opts, served)
+    wait = -1.0
+    if plan.in_process:
+        batches = _in_process_rows(store, manifest, root, spec, tta, plan, opts, served)
+    else:
+        wait = _configure_data_context(plan, spec, opts, elastic)
+        if elastic:
+            _wait_for_first_actor(plan, wait)
+        ds = _dataset(store, manifest, root, spec, tta, plan, opts, served)
+        batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
     timeline.mark("pipeline_started")
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        for batch in batches:
             pending.append(seen.drop_repeats(batch))
             timeline.rows(seen.count)
             monitor.update(

@@ -53,6 +53,10 @@ class ScoreOptions:
     uncertain_band: tuple[float, float] | None = None  # positive-class probabilities decided "uncertain"
     min_confidence: float | None = None  # below it the argmax class is decided "uncertain"
     fail_on_drift: float | None = None  # after committing, exit EXIT_DRIFT when the run's drift is above it
+    # A listing of at most this many files, on no cluster, is scored in the command's own process: the
+    # embedded Ray, actor and task processes cost ~10-20 s of start-up, minutes of scoring at this size.
+    # 0: always Ray.
+    in_process_up_to: int = 256
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +90,8 @@ class ScoreOptions:
             problems.append("--uncertain-band LOW,HIGH needs 0 <= LOW < HIGH <= 1")
         if self.min_confidence is not None and not 0.0 < self.min_confidence <= 1.0:
             problems.append("--min-confidence must be within (0, 1]")
+        if self.in_process_up_to < 0:
+            problems.append("--in-process-up-to must be >= 0")
         if self.fail_on_drift is not None and self.fail_on_drift < 0:
             problems.append("--fail-on-drift must be >= 0")
         if problems:

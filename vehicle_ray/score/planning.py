@@ -30,12 +30,15 @@ class Plan:
     cpus_per_actor: float
     gpus_per_actor: float
     threads: int
+    in_process: bool = False  # a small local run: decode and model in the driver's process, no Ray
 
     @property
     def fixed(self) -> bool:
         return self.max_actors == self.actors
 
     def describe(self) -> str:
+        if self.in_process:
+            return f"in this process, {self.threads} threads (no Ray: a small run on no cluster)"
         size = str(self.actors) if self.fixed else f"{self.actors}..{self.max_actors or 'autoscale'}"
         gpu = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
         return f"{size} actor(s) x {self.cpus_per_actor:g} CPU{gpu}, {self.threads} threads each"
@@ -77,6 +80,17 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
     return Plan(
         actors=actors, max_actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor, threads=threads
     )
+
+
+def in_process_plan(listed: int | None, opts: ScoreOptions, cpus: int, on_cluster: bool) -> Plan | None:
+    """The plan of a run scored in the driver's own process, or None for Ray: only a listing known to
+    hold at most --in-process-up-to files (`listed`; None: more than one listing chunk), only on CPU
+    (GPU actors keep Ray's checks of the cluster's GPUs) and only without a cluster (`on_cluster`:
+    RAY_ADDRESS, or Ray already started by the caller)."""
+    if on_cluster or opts.gpus_per_actor or listed is None or listed > opts.in_process_up_to:
+        return None
+    threads = max(1, cpus)
+    return Plan(1, 1, float(threads), 0.0, threads, in_process=True)
 
 
 def read_ahead_bytes(plan: Plan, size: int, batch_size: int) -> int | None:
