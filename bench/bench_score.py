@@ -8,9 +8,10 @@ if decode, augmentation and hand-offs cost nothing. vehicle-ray's run is split w
 `timings`: start-up (process start to the first predictions reaching the driver: imports, Ray,
 listing, actor start, model load, the first batch) and the steady state (first to last predictions),
 whose images/s is reported as a fraction of the int8 bound. Ratios > 1 mean vehicle-ray is faster.
-vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 augmented passes). The default
-dump is 1000 images: the ~20 s of fixed start-up (Ray, the actor's torch/fastai imports) weigh on a
-600-image dump as they never do on a nightly one; pass --images 600 to see that. --dump DIR scores
+vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 passes, the fused augmentation;
+dumps of at most 256 files in-process, larger ones on an embedded Ray). The default dump is 1000
+images: Ray's fixed start-up weighs on a 600-image dump as it never does on a nightly one; pass
+--images 600 to see that, --images 100 --size 64 for the small, in-process case. --dump DIR scores
 the files of DIR instead of generated ones (e.g. bench/camera_jpegs.py's 1920x1080 JPEGs), and
 --exact-decode passes that flag to `vehicle-ray score`.
 Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against

@@ -14,6 +14,9 @@ model's own ~4 ms. Here the same draws, from the same distributions, become:
 * lighting, IntToFloat and Normalize folded into one 256-entry table per image and channel, since
   each is a function of the pixel value alone: v -> (sigmoid((logit(v/255) + logit(b)) * c) - mean) / std.
 
+Measured at 224 px on one core of the development machine: 0.56 ms per image and augmented pass
+(warpAffine ~0.4, the lookup ~0.13), 0.17 ms for the plain pass; fastai's ~4 ms per pass.
+
 `tests/score/test_augment.py` checks the fused result against fastai's own transforms given the same
 draws; the scoring tests check TTA against `learn.tta`.
 """
