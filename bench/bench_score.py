@@ -9,9 +9,9 @@ if decode, augmentation and hand-offs cost nothing. vehicle-ray's run is split w
 listing, actor start, model load, the first batch) and the steady state (first to last predictions),
 whose images/s is reported as a fraction of the int8 bound. Ratios > 1 mean vehicle-ray is faster.
 vehicle-ray runs with its defaults (on this CPU: ONNX Runtime, int8 passes, the fused augmentation;
-dumps of at most 256 files in-process, larger ones on an embedded Ray). The default dump is 1000
-images: Ray's fixed start-up weighs on a 600-image dump as it never does on a nightly one; pass
---images 600 to see that, --images 100 --size 64 for the small, in-process case. --dump DIR scores
+dumps of at most 1000 files in-process, larger ones on an embedded Ray; --ray: always Ray). The
+default dump is 1000 images; --images 600, --images 100 --size 64 and --dump DIR are the other
+cases issue #17 sets targets for. --dump DIR scores
 the files of DIR instead of generated ones (e.g. bench/camera_jpegs.py's 1920x1080 JPEGs), and
 --exact-decode passes that flag to `vehicle-ray score`.
 Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against
@@ -21,7 +21,7 @@ Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the
 --no-tta, to keep the 10x run short).
 
     .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--commits K] [--memory]
-        [--dump DIR] [--exact-decode]
+        [--dump DIR] [--exact-decode] [--ray]
 """
 
 import argparse
@@ -129,6 +129,7 @@ def split_run(wall: float, summary: dict) -> dict:
     t = summary["timings"]
     in_process_start = wall - summary["wall_seconds"]  # interpreter, imports, CLI: before score() starts
     return {
+        "in_process": summary["resources"].get("in_process", False),
         "startup_s": round(in_process_start + t["first_rows_s"], 2),
         "steady_s": t["steady_s"],
         "tail_s": round(summary["wall_seconds"] - t["last_rows_s"], 2),
@@ -214,13 +215,14 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=0, help="K: time --commit-every K against one commit")
     ap.add_argument("--dump", type=Path, help="score the files of this directory instead of generated ones")
     ap.add_argument("--exact-decode", action="store_true", help="pass --exact-decode to vehicle-ray score")
+    ap.add_argument("--ray", action="store_true", help="always the Ray pipeline (--in-process-up-to 0)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
     make_model(work, args.size)
     if args.dump is None:
         write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
     images, model = args.dump or work / "dump" / "images", work / "model"
-    flags = ["--exact-decode"] if args.exact_decode else []
+    flags = (["--exact-decode"] if args.exact_decode else []) + (["--in-process-up-to", "0"] if args.ray else [])
     result: dict = {"images": count_files(images), "size": args.size, "repeats": args.repeats, "threads": args.threads}
     result["score_flags"] = flags
     if args.commits:
@@ -233,13 +235,14 @@ def main() -> None:
         for k in range(10):
             for f in images.iterdir():
                 os.link(f, big / f"{k}_{f.name}")
-        # --no-tta: memory is about streaming, not passes, and it keeps the 10x run to minutes
+        # --no-tta: memory is about streaming, not passes, and it keeps the 10x run to minutes; both on
+        # Ray, whose read-ahead is what could grow with the dump
         small_peak = timed(
-            score_cmd(model, images, work / "mem1", "--no-tta"),
+            score_cmd(model, images, work / "mem1", "--no-tta", "--in-process-up-to", "0"),
             measure_memory=True,
         )[1]
         big_peak = timed(
-            score_cmd(model, big, work / "mem10", "--no-tta"),
+            score_cmd(model, big, work / "mem10", "--no-tta", "--in-process-up-to", "0"),
             measure_memory=True,
         )[1]
         result["peak_rss_mb"] = {

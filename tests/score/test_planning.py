@@ -138,13 +138,13 @@ def test_full_precision_on_gpu_is_bf16_even_with_an_int8_model():
 @pytest.mark.parametrize(
     "listed, opts, on_cluster, in_process",
     [
-        (256, ScoreOptions(), False, True),  # the default threshold, inclusive
-        (257, ScoreOptions(), False, False),
+        (1000, ScoreOptions(), False, True),  # the default threshold, inclusive
+        (1001, ScoreOptions(), False, False),
         (None, ScoreOptions(), False, False),  # more than one listing chunk: never counted, never small
         (10, ScoreOptions(), True, False),  # RAY_ADDRESS, or Ray started by the caller
         (10, ScoreOptions(gpus_per_actor=1), False, False),  # GPU actors keep the cluster's GPU checks
         (10, ScoreOptions(in_process_up_to=0), False, False),  # 0: always Ray
-        (1000, ScoreOptions(in_process_up_to=1000), False, True),
+        (5000, ScoreOptions(in_process_up_to=5000), False, True),
     ],
 )
 def test_only_small_listings_on_no_cluster_score_in_process(listed, opts, on_cluster, in_process):

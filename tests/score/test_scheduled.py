@@ -78,6 +78,8 @@ def score_args(model: Path, dump: Path, out) -> list[str]:
         "2",
         "--progress-interval",
         "2",
+        "--in-process-up-to",  # the embedded Ray's pipeline: a run long enough to kill and overlap
+        "0",
     ]
 
 

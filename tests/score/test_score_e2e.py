@@ -216,6 +216,7 @@ def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, 
     for f in all_files[:100]:
         shutil.copy(f, dump / f.name)
     args = ["score", "--model", str(trained_model), "--input", str(dump), "--output", str(out), "--incremental"]
+    args += ["--in-process-up-to", "0"]  # the embedded Ray's pipeline, killed with the driver
     assert run_cli(*args).returncode == 0
     for f in all_files[100:300]:  # a new dump arrives
         shutil.copy(f, dump / f.name)
