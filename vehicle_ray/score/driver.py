@@ -4,7 +4,9 @@ The steps, in the order `score` runs them: validate options and model (no Ray ye
 lease (lease.py) and recover what a crashed run left (store.py), list the input into a manifest
 (listing.py), plan the actor pool (planning.py), then stream the Ray Data pipeline
 read_parquet → map_batches(decode_batch) → map_batches(Predictor) into the driver, which commits
-every --commit-every files as one chunk under the exactly-once protocol (store.py).
+every --commit-every files as one chunk under the exactly-once protocol (store.py). A small listing on
+no cluster (--in-process-up-to) runs the same decode_batch and Predictor in this process instead,
+into the same commits: Ray's start-up would cost more than the scoring.
 
 Why the driver writes instead of `write_parquet`: the commit has to follow the rows, chunk by chunk,
 while one pipeline (one actor pool, models loaded once) streams the whole dump; a prediction row is
