@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
@@ -120,17 +118,18 @@ def test_callbacks_report_every_epoch_checkpoint_on_schedule_and_skip_resumed_ep
     assert (restored.stage, restored.epoch, len(restored.history)) == (0, 3, 2)
 
 
-def test_the_injected_failure_happens_once_per_run(tmp_path):
+def test_the_injected_failure_happens_once_per_run(tmp_path, monkeypatch):
     """A restarted worker group that reaches the same epoch again (no checkpoint registered yet) must
     train on: a second injected death would exhaust --max-failures 1 and fail the resume tests."""
+
+    def exit_(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr("vehicle_ray.train.callback.os._exit", exit_)
     marker = str(tmp_path / "failed")
-    (tmp_path / "failed").touch()  # the first worker group already died here
     position = Position(history=[{"epoch": 1}, {"epoch": 2}])
-    InjectedFailure(2, marker, position, rank=1).after_epoch()  # returns instead of os._exit
-    code = (
-        "import sys; from vehicle_ray.train.callback import InjectedFailure, Position;"
-        f"InjectedFailure(2, {str(tmp_path / 'fresh')!r}, Position(history=[{{}}, {{}}]), rank=1).after_epoch();"
-        "sys.exit(0)"
-    )
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 1  # the first one dies
-    assert (tmp_path / "fresh").exists()
+    InjectedFailure(3, marker, position, rank=1).after_epoch()  # not its epoch: nothing happens
+    with pytest.raises(SystemExit):
+        InjectedFailure(2, marker, position, rank=1).after_epoch()  # the first worker group dies
+    InjectedFailure(2, marker, position, rank=1).after_epoch()  # the restarted one returns
+    assert (tmp_path / "failed").exists()
