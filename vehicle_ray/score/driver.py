@@ -259,16 +259,10 @@ def _writer_lease(store: OutputStore, run_id: str, opts: ScoreOptions) -> contex
 
 
 def _dataset(
-    store: OutputStore,
-    manifest: str,
-    root: ImageRoot,
-    spec: ModelSpec,
-    tta: TTASettings,
-    plan: Plan,
-    opts: ScoreOptions,
-    served: dict,
+    store: OutputStore, manifest: str, plan: Plan, opts: ScoreOptions, decode: dict, predictor: dict
 ) -> ray.data.Dataset:
-    """read_parquet(manifest) → map_batches(decode_batch) on CPU tasks → map_batches(Predictor) actors."""
+    """read_parquet(manifest) → map_batches(decode_batch) on CPU tasks → map_batches(Predictor) actors;
+    `decode`/`predictor`: their keyword arguments, the same that the in-process path uses."""
     # Manifest files hold up to MANIFEST_CHUNK rows each: split them into batch-sized blocks so each
     # decode task is one batch (decoding spreads over the cluster, progress moves batch by batch).
     ds = ray.data.read_parquet(manifest, filesystem=store.fs).repartition(target_num_rows_per_block=opts.batch_size)
@@ -279,9 +273,7 @@ def _dataset(
     # (actor pool: max_restarts=-1, max_task_retries=-1). _SeenPaths checks that no row comes twice.
     # An actor lost while it loads the model is replaced too (max_consecutive_actor_init_deaths,
     # set in _configure_data_context), a few times in a row, so a broken model still fails the run.
-    ds = ds.map_batches(
-        decode_batch, batch_size=opts.batch_size, num_cpus=0.5, fn_kwargs=_decode_kwargs(root, spec, opts)
-    )
+    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=0.5, fn_kwargs=decode)
     compute = (
         ray.data.ActorPoolStrategy(size=plan.actors)
         if plan.fixed
@@ -293,7 +285,7 @@ def _dataset(
         compute=compute,
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
-        fn_constructor_kwargs=_predictor_kwargs(spec, tta, plan, opts, served),
+        fn_constructor_kwargs=predictor,
     )
 
 
@@ -321,24 +313,16 @@ def _predictor_kwargs(spec: ModelSpec, tta: TTASettings, plan: Plan, opts: Score
 
 
 def _in_process_rows(
-    store: OutputStore,
-    manifest: str,
-    root: ImageRoot,
-    spec: ModelSpec,
-    tta: TTASettings,
-    plan: Plan,
-    opts: ScoreOptions,
-    served: dict,
+    store: OutputStore, manifest: str, opts: ScoreOptions, decode: dict, predictor: dict
 ) -> Iterator[pa.Table]:
     """The pipeline's steps for a small local run, in this process: the same decode_batch and
     Predictor on the same manifest, one batch at a time (what one actor and its decode tasks do)."""
-    predictor = Predictor(**_predictor_kwargs(spec, tta, plan, opts, served))
-    decode = _decode_kwargs(root, spec, opts)
+    model = Predictor(**predictor)
     for record_batch in pads.dataset(manifest, filesystem=store.fs, format="parquet").to_batches(
         batch_size=opts.batch_size
     ):
         columns = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in ("path", "rel")}
-        yield predictor(decode_batch(columns, **decode))
+        yield model(decode_batch(columns, **decode))
 
 
 def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, elastic: bool) -> float:
@@ -393,13 +377,14 @@ def _score_in_chunks(
         errors += record.errors
 
     wait = -1.0
+    decode, predictor = _decode_kwargs(root, spec, opts), _predictor_kwargs(spec, tta, plan, opts, served)
     if plan.in_process:
-        batches = _in_process_rows(store, manifest, root, spec, tta, plan, opts, served)
+        batches = _in_process_rows(store, manifest, opts, decode, predictor)
     else:
         wait = _configure_data_context(plan, spec, opts, elastic)
         if elastic:
             _wait_for_first_actor(plan, wait)
-        ds = _dataset(store, manifest, root, spec, tta, plan, opts, served)
+        ds = _dataset(store, manifest, plan, opts, decode, predictor)
         batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
     timeline.mark("pipeline_started")
     try:
