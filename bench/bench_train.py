@@ -1,13 +1,16 @@
-"""Whole-process wall time: `vehicle-ray train --workers 1` vs plain fastai fit_one_cycle, same run.
+"""Whole-process wall time: `vehicle-ray train --workers N` vs plain fastai fit_one_cycle, same run.
 
 Both train the same recipe on the same generated data; the Ray side includes starting Ray, the
-Train controller and worker, per-epoch checkpoints and the artifact export. Reports medians and the
-ratio, plus validation accuracy of each.
+Train controller and workers, per-epoch checkpoints and the artifact export. Reports medians and the
+ratio, plus validation accuracy of each, and each side's fixed part: the wall time minus the sum of
+its epoch times (start-up before the first epoch, the export after the last), from the epoch times
+vehicle-ray records in metrics.csv and plain_fastai_train.py prints.
 
-    .venv/bin/python bench/bench_train.py [--repeats 3] [--config tiny_cpu] [--train 400]
+    .venv/bin/python bench/bench_train.py [--repeats 3] [--config tiny_cpu] [--train 400] [--workers 1]
 """
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -30,24 +33,32 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return wall, r.stdout
 
 
+def epoch_sum(metrics_csv: Path) -> float:
+    """Sum of the epoch times vehicle-ray recorded (metrics.csv's `seconds` column)."""
+    with metrics_csv.open() as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--config", default="tiny_cpu")
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1, help="vehicle-ray train --workers")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     write_sample_data(work / "data", train=args.train, test=0, size=args.size, seed=0)
-    csv, images = str(work / "data" / "train.csv"), str(work / "data" / "images")
-    rows = {"ray": [], "fastai": []}
+    labels, images = str(work / "data" / "train.csv"), str(work / "data" / "images")
+    rows: dict[str, list[tuple[float, float, float]]] = {"ray": [], "fastai": []}  # (wall, accuracy, epochs)
     for i in range(args.repeats):
         export_dir = work / f"fastai{i}"
         export_dir.mkdir()
         wall, out = timed(
-            [sys.executable, str(HERE / "plain_fastai_train.py"), csv, images, args.config, str(export_dir)]
+            [sys.executable, str(HERE / "plain_fastai_train.py"), labels, images, args.config, str(export_dir)]
         )
-        rows["fastai"].append((wall, json.loads(out.strip().splitlines()[-1])["accuracy"]))
+        plain = json.loads(out.strip().splitlines()[-1])
+        rows["fastai"].append((wall, plain["accuracy"], sum(plain["epoch_seconds"])))
         model = work / f"model{i}"
         wall, _ = timed(
             [
@@ -56,35 +67,41 @@ def main() -> None:
                 "vehicle_ray.cli",
                 "train",
                 "--csv",
-                csv,
+                labels,
                 "--images",
                 images,
                 "--config",
                 args.config,
                 "--workers",
-                "1",
+                str(args.workers),
                 "--out",
                 str(model),
                 "--storage-path",
                 str(work / "runs"),
             ]
         )
-        rows["ray"].append((wall, json.loads((model / "model.json").read_text())["metrics"]["accuracy"]))
-        print(
-            f"repeat {i + 1}: fastai {rows['fastai'][-1][0]:.1f}s acc {rows['fastai'][-1][1]:.4f} | "
-            f"vehicle-ray {rows['ray'][-1][0]:.1f}s acc {rows['ray'][-1][1]:.4f}",
-            flush=True,
-        )
-    med = {k: statistics.median(w for w, _ in v) for k, v in rows.items()}
-    acc = {k: statistics.median(a for _, a in v) for k, v in rows.items()}
+        accuracy = json.loads((model / "model.json").read_text())["metrics"]["accuracy"]
+        rows["ray"].append((wall, accuracy, epoch_sum(model / "metrics.csv")))
+        last = {k: v[-1] for k, v in rows.items()}
+        sides = [f"{k} {w:.1f}s (epochs {e:.1f}s, fixed {w - e:.1f}s) acc {a:.4f}" for k, (w, a, e) in last.items()]
+        print(f"repeat {i + 1}: " + " | ".join(sides), flush=True)
+
+    def median(k: str, field: int) -> float:
+        return round(statistics.median(r[field] for r in rows[k]), 2)
+
     result = {
         "config": args.config,
         "images": args.train,
         "size": args.size,
+        "workers": args.workers,
         "repeats": args.repeats,
-        "median_wall_s": med,
-        "median_accuracy": acc,
-        "ratio_ray_over_fastai": round(med["ray"] / med["fastai"], 3),
+        "wall_s": {k: [round(r[0], 1) for r in v] for k, v in rows.items()},
+        "median_wall_s": {k: median(k, 0) for k in rows},
+        "median_epochs_s": {k: median(k, 2) for k in rows},
+        "median_fixed_s": {k: round(statistics.median(r[0] - r[2] for r in rows[k]), 2) for k in rows},
+        "median_accuracy": {k: median(k, 1) for k in rows},
+        "ratio_ray_over_fastai": round(median("ray", 0) / median("fastai", 0), 3),
+        "epochs_ratio_ray_over_fastai": round(median("ray", 2) / median("fastai", 2), 3),
     }
     print(json.dumps(result, indent=2))
 

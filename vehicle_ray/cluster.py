@@ -40,7 +40,10 @@ def init_ray(num_cpus: int | None = None) -> dict[str, float]:
                 "address": "local",
                 "num_cpus": num_cpus,
                 "include_dashboard": False,
-                "_system_config": {"enable_metrics_collection": False},
+                # No idle workers prestarted for the first driver: they would start without this job's
+                # runtime_env (below), which no task or actor of ours can then use; two processes
+                # importing Ray for nothing while the driver starts (seen in every `train` timeline).
+                "_system_config": {"enable_metrics_collection": False, "prestart_worker_first_driver": False},
                 # Ray Train's placement-group cleaner asks the State API whether the Train controller
                 # still lives. Without an address it finds one on its own: RAY_ADDRESS, else the latest
                 # `ray start` cluster on this machine (/tmp/ray/ray_current_cluster), i.e. possibly
