@@ -80,6 +80,16 @@ def test_reported_metrics_cover_the_whole_validation_set(trained_model, sample_d
     assert valid_loss == pytest.approx(last["valid_loss"], rel=1e-3)
 
 
+def test_calibration_saw_the_whole_validation_split_paired_with_its_labels(trained_model, sample_dir):
+    """Both ranks scored a slice of the validation split for calibration and rank 0 gathered them: the
+    plain pass's NLL before calibration equals this process's NLL over the whole split, which it
+    would not with a slice missing, doubled, or out of order against the labels."""
+    n, _, nll = single_process_validation(trained_model, sample_dir, load_recipe("tiny_cpu"))
+    calibration = open_artifact(trained_model).meta["calibration"]
+    assert calibration["validation_images"] == n == 80
+    assert calibration["plain"]["nll_before"] == pytest.approx(nll, rel=1e-3, abs=1e-5)
+
+
 def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray_local):
     from vehicle_ray.train.config import TrainOptions
     from vehicle_ray.train.driver import train

@@ -38,7 +38,7 @@ from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerCon
 from vehicle_ray.train.hardware import enter_device, plain_fp32
 from vehicle_ray.train.learner import device_learner
 from vehicle_ray.train.staging import local_images
-from vehicle_ray.train.validation import validation_set
+from vehicle_ray.train.validation import distributed_validation_set
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +100,23 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     if recipe.freeze_at_end and recipe.pretrained:
         learn.freeze()
     training = {**hardware.to_dict(), "workers": world_size}
-    _final_report(learn, dls, cfg, rank, position, training)
+    _final_report(learn, dls, cfg, rank, world_size, position, training)
 
 
-def _final_report(learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, position: Position, training: dict) -> None:
-    """One last report on every rank; rank 0 attaches a checkpoint holding the run state (so a rerun
-    of a finished run resumes to "done") and the finished artifact."""
+def _final_report(
+    learn, dls: DataLoaders, cfg: WorkerConfig, rank: int, world_size: int, position: Position, training: dict
+) -> None:
+    """One last report on every rank, after every rank has scored its slice of the validation set;
+    rank 0 attaches a checkpoint holding the run state (so a rerun of a finished run resumes to "done")
+    and the finished artifact."""
     metrics = {"done": 1, "epochs": len(position.history)}
+    plain_fp32(learn)
+    learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
+    tta = TTASettings(cfg.recipe.tta_n, cfg.recipe.tta_beta)
+    validation = distributed_validation_set(learn, tta, rank, world_size)  # on the training device
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    plain_fp32(learn)
-    learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
-    validation = validation_set(learn, TTASettings(cfg.recipe.tta_n, cfg.recipe.tta_beta))  # on the training device
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
         write_checkpoint(Path(tmp), learn, position, cfg.optimizer_state)
         artifact = Path(tmp) / ARTIFACT_SUBDIR
