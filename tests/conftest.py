@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def s3_server():
+def s3_server(tmp_path_factory):
     """moto's standalone S3-compatible server on loopback, for real pyarrow S3 traffic.
 
     Ready means moto answers HTTP, not merely that the port accepts connections: with a Ray session in
@@ -83,6 +83,8 @@ def s3_server():
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # models scored from s3:// are cached per node: in the test's own directory, not ~/.cache
+        "VEHICLE_RAY_MODEL_CACHE": str(tmp_path_factory.mktemp("model_cache")),
     }
     proc.terminate()
     proc.wait(timeout=10)

@@ -7,7 +7,10 @@ fastai is imported only on the --allow-pickle path: the driver never loads torch
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHT
 from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.tta import TTASettings
-from vehicle_ray.tracking import RegisteredModel, fetch_registered, is_registry_uri
+from vehicle_ray.tracking import RegisteredModel, fetch_registered, is_registry_uri, model_cache_root
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ def _learner_resize(learn) -> tuple[int, str]:
 
 
 def local_model(model: str | Path, tracking_uri: str | None = None) -> Path:
-    """A local path as is; a URI (s3://bucket/models/x) is copied to a fresh local temp directory; a
-    registry model (models:/...) is downloaded once per version to the model cache."""
+    """A local path as is; a URI (s3://bucket/models/x) is copied once into the model cache, under a key
+    that changes when the files at the URI do (`uri_cache_key`); a registry model (models:/...) is
+    downloaded once per version to the model cache. A nightly job scoring with the same model reuses
+    one copy per node instead of leaving a fresh temp copy behind on every run and in every actor."""
     if is_registry_uri(model):
         return fetch_registered(str(model), tracking_uri).directory
     if not is_uri(model):
@@ -77,17 +82,43 @@ def local_model(model: str | Path, tracking_uri: str | None = None) -> Path:
     fs, base, info = resolve_location(model, "model")
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"model not found: {model}")
-    target = Path(tempfile.mkdtemp(prefix="vehicle_ray_model_"))
-    if info.type == pafs.FileType.File:
-        pafs.copy_files(
-            base,
-            str(target / posixpath.basename(base)),
-            source_filesystem=fs,
-            destination_filesystem=pafs.LocalFileSystem(),
-        )
-        return target / posixpath.basename(base)
-    pafs.copy_files(base, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return target
+    single = info.type == pafs.FileType.File  # a bare export.pkl at a URI
+    files = [info] if single else fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    target = model_cache_root() / URI_CACHE_SUBDIR / uri_cache_key(str(model), files)
+    if not target.is_dir():
+        _copy_into_cache(fs, base, single, target)
+    return target / posixpath.basename(base) if single else target
+
+
+URI_CACHE_SUBDIR = "by-uri"  # beside the registry's NAME/VERSION entries
+
+
+def uri_cache_key(uri: str, files: list[pafs.FileInfo]) -> str:
+    """The cache entry of the model at `uri`: a digest of the URI and of every file's path, size and
+    modification time, so that a model overwritten at the same URI gets a new entry (the sha256s in
+    model.json are verified on every load, as for any artifact)."""
+    digest = hashlib.sha256(uri.encode())
+    for f in sorted(files, key=lambda f: f.path):
+        if f.type == pafs.FileType.File:
+            digest.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _copy_into_cache(fs: pafs.FileSystem, base: str, single: bool, target: Path) -> None:
+    """Copy beside the entry, then rename it into place: never half a model. When another process on
+    this node (another actor) renamed the same model there first, its copy is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        dest = staging / posixpath.basename(base) if single else staging
+        pafs.copy_files(base, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_model(model: str | Path, allow_pickle: bool = False, tracking_uri: str | None = None) -> ModelSpec:
