@@ -31,9 +31,10 @@ def test_a_model_at_a_uri_is_copied_once_and_again_when_it_changes(s3, tmp_path)
     assert local_model("s3://models/m") == first  # the second run reuses the copy
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no staging left behind
 
-    s3.put_object(Bucket="models", Key="m/model.json", Body=b'{"v": 22}')  # overwritten in place
-    second = local_model("s3://models/m")
-    assert second != first and (second / "model.json").read_bytes() == b'{"v": 22}'
+    s3.put_object(Bucket="models", Key="m/model.json", Body=b'{"v": 2}')  # overwritten in place, same size
+    second = local_model("s3://models/m/")  # within the same second, and with a trailing slash
+    assert second != first and (second / "model.json").read_bytes() == b'{"v": 2}'
+    assert local_model("s3://models/m") == second
 
 
 def test_a_single_file_at_a_uri_is_cached_as_that_file(s3):

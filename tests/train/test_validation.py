@@ -24,10 +24,10 @@ def test_slices_of_the_validation_set_concatenate_to_the_whole(tmp_path):
     learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe)
     tta = TTASettings(n=2, beta=0.25)
     whole = validation_set(learn, tta)
-    parts = [validation_set(learn, tta, rank_rows(len(valid_idx), rank, 3)) for rank in range(3)]
+    parts = [validation_set(learn, tta, rows=rank_rows(len(valid_idx), rank, 3)) for rank in range(3)]
     assert len(whole.targets) == len(valid_idx) == sum(len(p.targets) for p in parts)
     assert (np.concatenate([p.targets for p in parts]) == whole.targets).all()
     # the plain pass has no random augmentation: the same probabilities whichever slice scored a row
     np.testing.assert_allclose(np.concatenate([p.plain for p in parts]), whole.plain, atol=1e-5)
-    empty = validation_set(learn, tta, range(0))  # a rank with no rows (more ranks than images)
+    empty = validation_set(learn, tta, rows=range(0))  # a rank with no rows (more ranks than images)
     assert empty.probs.shape == empty.plain.shape == (0, 2) and empty.targets.shape == (0,)

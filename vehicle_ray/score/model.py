@@ -84,7 +84,9 @@ def local_model(model: str | Path, tracking_uri: str | None = None) -> Path:
         raise InputError(f"model not found: {model}")
     single = info.type == pafs.FileType.File  # a bare export.pkl at a URI
     files = [info] if single else fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    target = model_cache_root() / URI_CACHE_SUBDIR / uri_cache_key(str(model), files)
+    manifest = posixpath.join(base, MODEL_JSON)
+    described = b"" if single or not any(f.path == manifest for f in files) else _read(fs, manifest)
+    target = model_cache_root() / URI_CACHE_SUBDIR / uri_cache_key(str(model), files, described)
     if not target.is_dir():
         _copy_into_cache(fs, base, single, target)
     return target / posixpath.basename(base) if single else target
@@ -93,15 +95,22 @@ def local_model(model: str | Path, tracking_uri: str | None = None) -> Path:
 URI_CACHE_SUBDIR = "by-uri"  # beside the registry's NAME/VERSION entries
 
 
-def uri_cache_key(uri: str, files: list[pafs.FileInfo]) -> str:
-    """The cache entry of the model at `uri`: a digest of the URI and of every file's path, size and
-    modification time, so that a model overwritten at the same URI gets a new entry (the sha256s in
-    model.json are verified on every load, as for any artifact)."""
-    digest = hashlib.sha256(uri.encode())
+def uri_cache_key(uri: str, files: list[pafs.FileInfo], model_json: bytes = b"") -> str:
+    """The cache entry of the model at `uri`: a digest of the URI (without a trailing slash), of
+    model.json's bytes (which name every other file's sha256, so the key follows the content) and of
+    every file's path, size and modification time (what a bare export.pkl has; object stores keep
+    whole seconds). A model overwritten at the same URI gets a new entry; the sha256s are verified
+    on every load, as for any artifact."""
+    digest = hashlib.sha256(uri.rstrip("/").encode() + b"\0" + model_json)
     for f in sorted(files, key=lambda f: f.path):
         if f.type == pafs.FileType.File:
             digest.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode())
     return digest.hexdigest()[:32]
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_file(path) as f:
+        return f.read()
 
 
 def _copy_into_cache(fs: pafs.FileSystem, base: str, single: bool, target: Path) -> None:

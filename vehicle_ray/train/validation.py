@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,21 +26,29 @@ class ValidationSet:
     targets: np.ndarray  # true class indices
 
 
-def validation_set(learn, tta: TTASettings, rows: range | None = None) -> ValidationSet:
-    """Run the validation DataLoader's decoded uint8 images (those at `rows`, default all) through
-    scoring's TTA with the learner's batch transforms (IntToFloatTensor, training augmentation for
-    the augmented passes, Normalize) and the learner's model in eval mode."""
+def validation_set(
+    learn,
+    tta: TTASettings,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dl=None,
+    rows: range | None = None,
+) -> ValidationSet:
+    """Run the validation DataLoader's (or another labeled fastai DataLoader's) decoded uint8 images,
+    those at `rows` (default all), through scoring's TTA with the learner's batch transforms
+    (IntToFloatTensor, training augmentation for the augmented passes, Normalize). `forward` (default:
+    the learner's model in eval mode) maps a normalised batch to logits."""
     model = learn.model.eval()
+    if forward is None:
 
-    @torch.inference_mode()
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(torch.as_tensor(x)).float()
+        @torch.inference_mode()
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(torch.as_tensor(x)).float()
 
     plain_tfms, aug_tfms = fastai_passes(list(learn.dls.train.after_batch.fs))
-    valid = learn.dls.valid
-    rows = range(len(valid.dataset)) if rows is None else rows
+    labeled = dl or learn.dls.valid
+    rows = range(len(labeled.dataset)) if rows is None else rows
     # get_idxs: a picklable callable (DataLoader workers may pickle it), a fresh list per iteration
-    decoded = valid.new(
+    decoded = labeled.new(
         after_batch=Pipeline([]), shuffle=False, drop_last=False, get_idxs=functools.partial(list, rows), n=len(rows)
     )
     probs, plain, targets = [], [], []
@@ -49,9 +58,8 @@ def validation_set(learn, tta: TTASettings, rows: range | None = None) -> Valida
             probs.append(blended)
             plain.append(plain_pass)
             targets.append(torch.as_tensor(y).cpu().numpy())
-    if not probs:  # an empty slice: more ranks than validation batches' worth of rows
-        classes = len(learn.dls.vocab)
-        empty = np.zeros((0, classes), dtype=np.float32)
+    if not probs:  # an empty slice: more ranks than validation images
+        empty = np.zeros((0, len(learn.dls.vocab)), dtype=np.float32)
         return ValidationSet(tta, empty, empty, np.zeros(0, dtype=int))
     return ValidationSet(tta, np.concatenate(probs), np.concatenate(plain), np.concatenate(targets).astype(int))
 
@@ -63,17 +71,16 @@ def rank_rows(n: int, rank: int, world_size: int) -> range:
 
 def distributed_validation_set(learn, tta: TTASettings, rank: int, world_size: int) -> ValidationSet | None:
     """`validation_set` with the work split over the ranks: each scores its `rank_rows` and rank 0
-    gathers the slices in order (the other ranks get None). The TTA passes are the longest step after
-    the last epoch (4.5 s of 7 for 220 images at 64 px on one CPU thread, where the ONNX export and
-    int8 calibration take 1.9 s) and would otherwise leave every other rank idle. The gather runs on a
-    gloo group so that it works beside NCCL, over the CPU copies of the arrays."""
-    part = validation_set(learn, tta, rank_rows(len(learn.dls.valid.dataset), rank, world_size))
+    gets the slices in order (the other ranks get None). The TTA passes are the longest step after
+    the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, where the ONNX export and
+    int8 calibration take 1.9 s) and would otherwise leave every other rank idle. The slices travel on
+    the training's own process group (gloo on CPU; NCCL on GPU, where Ray Train has set each worker's
+    CUDA device), with its --nccl-timeout and network settings."""
+    part = validation_set(learn, tta, rows=rank_rows(len(learn.dls.valid.dataset), rank, world_size))
     if world_size == 1:
         return part
-    group = dist.new_group(backend="gloo")
-    parts: list[ValidationSet] | None = [None] * world_size if rank == 0 else None  # type: ignore[list-item]
-    dist.gather_object(part, parts, dst=0, group=group)
-    dist.destroy_process_group(group)
+    parts: list[ValidationSet | None] = [None] * world_size
+    dist.all_gather_object(parts, part)
     if rank != 0:
         return None
     return ValidationSet(
