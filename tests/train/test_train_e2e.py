@@ -168,7 +168,13 @@ def test_staged_recipe_on_two_workers_resumes_in_stage_two_then_rerun_resumes_to
         "--max-failures",
         "1",
     ]
-    r = run_cli(*args, "--out", str(tmp_path / "m"), env={"VEHICLE_RAY_FAIL_AFTER_EPOCH": "2"})
+    # The Train controller registers a reported checkpoint when it next polls the workers (every 2 s by
+    # default), and the reports a dead worker group had not handed over yet die with it. These epochs
+    # take ~1-2 s, so the stage-1 checkpoint could still be unpolled when rank 1 dies after epoch 2;
+    # the group then restarted from scratch (rightly: at-least-once) and this test failed now and then.
+    # Polling every 0.1 s makes the registration happen within the epoch that follows it.
+    env = {"VEHICLE_RAY_FAIL_AFTER_EPOCH": "2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    r = run_cli(*args, "--out", str(tmp_path / "m"), env=env)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
     assert "injected failure on rank 1 after epoch 2" in log
