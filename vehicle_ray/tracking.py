@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
 
 from vehicle_ray.errors import InputError
@@ -160,16 +160,33 @@ def fetch_registered(model: str, tracking_uri: str | None = None) -> RegisteredM
 def _download(artifact_uri: str, tracking_uri: str, target: Path) -> None:
     import mlflow.artifacts
 
+    def download(staging: Path) -> Path:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact_uri, dst_path=str(staging), tracking_uri=tracking_uri
+            )
+        )
+
+    install_cache_entry(target, download)
+    logger.info(f"downloaded {artifact_uri} to {target}")
+
+
+def install_cache_entry(target: Path, fill: Callable[[Path], Path]) -> None:
+    """Put a model-cache entry in place whole: `fill(staging)` fills a fresh directory beside `target`
+    and returns what to install (that directory or a path inside it), which is then renamed to
+    `target`, never half a model. When another process (another actor on this node, another run)
+    installed the same entry first, that copy is kept and this one dropped."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=artifact_uri, dst_path=str(staging), tracking_uri=tracking_uri
-        )
-        os.replace(local, target)
+        built = fill(staging)
+        try:
+            os.replace(built, target)
+        except OSError:
+            if not target.is_dir():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info(f"downloaded {artifact_uri} to {target}")
 
 
 def log_scoring_run(opts: TrackingOptions, summary: dict[str, Any], params: dict[str, str]) -> None:

@@ -8,10 +8,7 @@ fastai is imported only on the --allow-pickle path: the driver never loads torch
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +18,13 @@ from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHT
 from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.tta import TTASettings
-from vehicle_ray.tracking import RegisteredModel, fetch_registered, is_registry_uri, model_cache_root
+from vehicle_ray.tracking import (
+    RegisteredModel,
+    fetch_registered,
+    install_cache_entry,
+    is_registry_uri,
+    model_cache_root,
+)
 
 
 @dataclass(frozen=True)
@@ -114,20 +117,12 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
 
 
 def _copy_into_cache(fs: pafs.FileSystem, base: str, single: bool, target: Path) -> None:
-    """Copy beside the entry, then rename it into place: never half a model. When another process on
-    this node (another actor) renamed the same model there first, its copy is kept."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    def copy(staging: Path) -> Path:
         dest = staging / posixpath.basename(base) if single else staging
         pafs.copy_files(base, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return staging
+
+    install_cache_entry(target, copy)
 
 
 def resolve_model(model: str | Path, allow_pickle: bool = False, tracking_uri: str | None = None) -> ModelSpec:
