@@ -4,7 +4,9 @@ Both train the same recipe on the same generated data; the Ray side includes sta
 Train controller and workers, per-epoch checkpoints and the artifact export. Reports medians and the
 ratio, plus validation accuracy of each, and each side's fixed part: the wall time minus the sum of
 its epoch times (start-up before the first epoch, the export after the last), from the epoch times
-vehicle-ray records in metrics.csv and plain_fastai_train.py prints.
+vehicle-ray records in metrics.csv and plain_fastai_train.py prints. Each repeat also times
+ray_train_floor.py, Ray Train with the same workers and nothing to train (whole process): the part
+of vehicle-ray's fixed part that any Ray Train job pays here, and what vehicle-ray adds over it.
 
     .venv/bin/python bench/bench_train.py [--repeats 3] [--config tiny_cpu] [--train 400] [--workers 1]
 """
@@ -51,7 +53,10 @@ def main() -> None:
     write_sample_data(work / "data", train=args.train, test=0, size=args.size, seed=0)
     labels, images = str(work / "data" / "train.csv"), str(work / "data" / "images")
     rows: dict[str, list[tuple[float, float, float]]] = {"ray": [], "fastai": []}  # (wall, accuracy, epochs)
+    floor: list[float] = []
     for i in range(args.repeats):
+        floor_cmd = [sys.executable, str(HERE / "ray_train_floor.py"), str(args.workers), str(work / "floor")]
+        floor.append(timed(floor_cmd)[0])
         export_dir = work / f"fastai{i}"
         export_dir.mkdir()
         wall, out = timed(
@@ -84,7 +89,7 @@ def main() -> None:
         rows["ray"].append((wall, accuracy, epoch_sum(model / "metrics.csv")))
         last = {k: v[-1] for k, v in rows.items()}
         sides = [f"{k} {w:.1f}s (epochs {e:.1f}s, fixed {w - e:.1f}s) acc {a:.4f}" for k, (w, a, e) in last.items()]
-        print(f"repeat {i + 1}: " + " | ".join(sides), flush=True)
+        print(f"repeat {i + 1}: " + " | ".join(sides) + f" | ray train floor {floor[-1]:.1f}s", flush=True)
 
     def median(k: str, field: int) -> float:
         return round(statistics.median(r[field] for r in rows[k]), 2)
@@ -99,7 +104,12 @@ def main() -> None:
         "median_wall_s": {k: median(k, 0) for k in rows},
         "median_epochs_s": {k: median(k, 2) for k in rows},
         "median_fixed_s": {k: round(statistics.median(r[0] - r[2] for r in rows[k]), 2) for k in rows},
+        "median_fixed_over_floor_s": round(
+            statistics.median(w - e - f for (w, _, e), f in zip(rows["ray"], floor, strict=True)), 2
+        ),
         "median_accuracy": {k: median(k, 1) for k in rows},
+        "ray_train_floor_s": [round(f, 1) for f in floor],
+        "median_ray_train_floor_s": round(statistics.median(floor), 2),
         "ratio_ray_over_fastai": round(median("ray", 0) / median("fastai", 0), 3),
         "epochs_ratio_ray_over_fastai": round(median("ray", 2) / median("fastai", 2), 3),
     }

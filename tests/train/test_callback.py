@@ -20,8 +20,12 @@ from vehicle_ray.train.callback import (
     Position,
     RayTrainReport,
     checkpoint_due,
+    merge_metric_states,
+    metric_state,
+    rank_rows,
     read_checkpoint,
     sharded_train_dl,
+    sharded_valid_dl,
 )
 from vehicle_ray.train.learner import build_dataloaders, build_learner
 
@@ -72,6 +76,56 @@ def test_loader_worker_processes_give_the_same_shard_batches(tiny, tiny_data):
     one.after_batch = two.after_batch = Pipeline(one.after_batch.fs[:1])  # IntToFloatTensor only
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_learner(tmp_path_factory):
+    """An untrained tiny learner with every kind of metric a recipe can name (AvgMetric, AccumMetric)."""
+    metrics = ("accuracy", "error_rate", "f1_macro")
+    data, recipe, valid_idx = tiny_split(tmp_path_factory.mktemp("valid"), train=60, seed=5, bs=4, metrics=metrics)
+    return build_learner(build_dataloaders(data, recipe, valid_idx), recipe, None)
+
+
+@pytest.mark.parametrize("world", [2, 3, 13])  # 13 ranks for 12 validation images: one slice is empty
+def test_merged_validation_slices_give_the_metrics_of_the_whole_set(tiny_learner, world):
+    """What ShardedValidation merges after each rank validated its slice (loss, accuracy, error rate, F1)
+    is what one process reports for the whole validation set: nothing lost, doubled or misweighted
+    (the slices are uneven for 3 ranks, the last batches partial)."""
+    learn = tiny_learner
+    n = len(learn.dls.valid.dataset)
+    whole = [float(v) for v in learn.validate()]
+    metrics = [learn.recorder.loss, *learn.metrics]
+    states = []
+    for rank in range(world):
+        part = sharded_valid_dl(learn.dls.valid, rank, world)
+        assert sum(len(y) for _, y in part) == len(rank_rows(n, rank, world))
+        learn.validate(dl=part)
+        states.append([metric_state(m) for m in metrics])
+    for i, metric in enumerate(metrics):
+        merge_metric_states(metric, [s[i] for s in states])
+    assert n == 12 and len(whole) == 4
+    assert [float(m.value) for m in metrics] == pytest.approx(whole, rel=1e-4, abs=1e-6)
+
+
+def test_a_validation_slice_keeps_its_metric_values_on_its_rank(tiny_learner, monkeypatch):
+    """Ray Train sets WORLD_SIZE, and fastai's metrics then all-gather every batch's values over the
+    ranks (Learner.to_detach: a collective per batch; here, with no process group, an error); on a
+    validation slice they stay on the rank."""
+    learn = tiny_learner
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    x = torch.arange(3.0)
+    learn.dl = learn.dls.valid
+    with pytest.raises(ValueError, match="process group"):
+        learn.to_detach(x)
+    learn.dl = sharded_valid_dl(learn.dls.valid, 1, 2)
+    assert torch.equal(learn.to_detach(x), x)
+
+
+def test_a_metric_that_cannot_be_merged_is_refused():
+    from fastai.learner import AvgSmoothLoss
+
+    with pytest.raises(TypeError, match="cannot merge"):
+        metric_state(AvgSmoothLoss())
 
 
 @pytest.mark.parametrize(

@@ -9,18 +9,20 @@ Ray Train has already created the process group, so all we add is:
 * a sharded training DataLoader: every rank draws the same permutation from (seed, stage, epoch) and
   takes a disjoint stride of it, padded so that all ranks run the same number of batches (DDP hangs
   otherwise) — no broadcast needed;
-* validation on the full validation set on every rank (under no_grad DDP does no collectives), so the
-  metrics are exactly what a single process would report;
+* sharded validation: each rank validates a contiguous slice of the validation set with rank 0's
+  BatchNorm statistics, and the ranks' metric accumulators are merged once per epoch, so every rank
+  reports the metrics of the whole set, as one process would, for 1/world_size of the work;
 * `ray.train.report` from every rank every epoch, with a checkpoint from rank 0 every
   `checkpoint_every` epochs and at every stage end (the others wait for rank 0 at their next collective
   while it writes one: weights plus, by default, the optimizer state, about 3x the weights for Adam).
 
-DataParallel does the first two, RayTrainReport the last; they compose, and InjectedFailure (tests
-only) runs after the report.
+DataParallel does the first two, ShardedValidation the third, RayTrainReport the last; they compose,
+and InjectedFailure (tests only) runs after the report.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,7 +37,9 @@ import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL
-from fastai.learner import Recorder, load_model, save_model
+from fastai.learner import AvgLoss, AvgMetric, Recorder, load_model, save_model
+from fastai.metrics import AccumMetric
+from fastai.torch_core import to_detach
 from torch.nn.parallel import DistributedDataParallel
 
 STATE_FILE = "state.json"
@@ -75,6 +79,33 @@ def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdD
         drop_last=dl.drop_last,
         persistent_workers=dl.fake_l.persistent_workers,  # DataLoader.new does not carry it over
     )
+
+
+def rank_rows(n: int, rank: int, world_size: int) -> range:
+    """This rank's contiguous slice of `n` rows; the slices of ranks 0..world_size-1 in order are 0..n-1."""
+    return range(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+def rows_dl(dl: TfmdDL, rows: range, **kwargs) -> TfmdDL:
+    """A copy of `dl` (with `kwargs` changed) that iterates `rows` of its dataset in order, every one."""
+    # get_idxs: a picklable callable (DataLoader workers may pickle it), a fresh list per iteration
+    return dl.new(shuffle=False, drop_last=False, get_idxs=functools.partial(list, rows), n=len(rows), **kwargs)
+
+
+def sharded_valid_dl(dl: TfmdDL, rank: int, world_size: int) -> TfmdDL:
+    """A copy of fastai's validation DataLoader that iterates only this rank's `rank_rows`, and whose
+    batches' metric values stay on this rank (ShardedValidation merges them once per epoch)."""
+    part = rows_dl(dl, rank_rows(len(dl.dataset), rank, world_size), persistent_workers=dl.fake_l.persistent_workers)
+    # fastai's metrics detach every batch's values with Learner.to_detach: the DataLoader's to_detach
+    # when it has one, else fastai's, which all-gathers them over the ranks whenever WORLD_SIZE is set
+    # (Ray Train sets it): a collective per batch, which hangs unless every rank runs as many batches,
+    # and a per-batch mean over the ranks that weighs unequal slices wrongly.
+    part.to_detach = _detach_on_this_rank
+    return part
+
+
+def _detach_on_this_rank(b, cpu: bool = True, gather: bool = True):
+    return to_detach(b, cpu, gather=False)
 
 
 @dataclass
@@ -117,6 +148,73 @@ class DataParallel(Callback):
         shard = getattr(self.dls.train, "get_idxs", None)
         if isinstance(shard, EpochShard):
             shard.stage, shard.epoch = self.stage, self.epoch
+
+
+class ShardedValidation(Callback):
+    """Each rank validates its slice of the validation set (`sharded_valid_dl`), and the ranks' metric
+    accumulators (the valid loss, AvgMetrics' totals and counts, AccumMetrics' predictions) are
+    merged before the Recorder reads them: every rank's valid metrics are those of the whole set.
+
+    Validation runs on the plain model with rank 0's buffers: DDP would broadcast them at its first
+    forward, a collective that hangs a rank whose slice is empty; and every rank must see the
+    BatchNorm statistics of the model rank 0 checkpoints and exports (under DDP each rank's last
+    training batch updated its own)."""
+
+    order = DataParallel.order + 1  # after DataParallel wrapped the model; before Recorder (50) reads the metrics
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self._ddp: DistributedDataParallel | None = None
+
+    def before_fit(self) -> None:
+        for metric in self._valid_metrics():  # refused before the first epoch, not after it
+            require_mergeable(metric)
+
+    def before_validate(self) -> None:
+        if not isinstance(self.learn.model, DistributedDataParallel):
+            return
+        self._ddp = self.learn.model
+        for buffer in self._ddp.module.buffers():
+            dist.broadcast(buffer, src=0)
+        self.learn.model = self._ddp.module
+
+    def after_validate(self) -> None:
+        if self._ddp is not None:
+            self.learn.model, self._ddp = self._ddp, None
+        if self.world_size == 1 or not dist.is_initialized():
+            return
+        metrics = self._valid_metrics()
+        states: list[list[tuple] | None] = [None] * self.world_size
+        dist.all_gather_object(states, [metric_state(m) for m in metrics])
+        for i, metric in enumerate(metrics):
+            merge_metric_states(metric, [rank_states[i] for rank_states in states])
+
+    def _valid_metrics(self) -> list:
+        return [self.recorder.loss, *self.learn.metrics] if self.recorder.valid_metrics else []
+
+
+def require_mergeable(metric) -> None:
+    """The fastai metric kinds whose accumulators `merge_metric_states` knows (all that recipe.METRICS builds)."""
+    if not isinstance(metric, (AccumMetric, AvgMetric, AvgLoss)):
+        raise TypeError(f"sharded validation cannot merge the metric {metric.name!r} ({type(metric).__name__})")
+
+
+def metric_state(metric) -> tuple:
+    """What a rank accumulated in a fastai metric over its validation slice, picklable."""
+    require_mergeable(metric)
+    if isinstance(metric, AccumMetric):
+        return list(metric.preds), list(metric.targs)
+    return float(metric.total), int(metric.count)
+
+
+def merge_metric_states(metric, states: list[tuple]) -> None:
+    """Set `metric`'s accumulators to the union of the ranks' `metric_state`s (in rank order)."""
+    if isinstance(metric, AccumMetric):
+        metric.preds = [p for preds, _ in states for p in preds]
+        metric.targs = [t for _, targs in states for t in targs]
+    else:
+        metric.total = sum(total for total, _ in states)
+        metric.count = sum(count for _, count in states)
 
 
 class RayTrainReport(Callback):

@@ -30,8 +30,10 @@ from vehicle_ray.train.callback import (
     InjectedFailure,
     Position,
     RayTrainReport,
+    ShardedValidation,
     read_checkpoint,
     sharded_train_dl,
+    sharded_valid_dl,
     write_checkpoint,
 )
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
@@ -70,7 +72,11 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     weights = ray.get(weights_ref) if weights_ref is not None else None
     learn = device_learner(local_images(cfg.data), recipe, cfg.valid_idx, weights, device, hardware)
     dls = learn.dls  # unsharded: what the artifact exports
-    learn.dls = DataLoaders(sharded_train_dl(dls.train, rank, world_size, recipe.seed), dls.valid, device=device)
+    learn.dls = DataLoaders(
+        sharded_train_dl(dls.train, rank, world_size, recipe.seed),
+        sharded_valid_dl(dls.valid, rank, world_size),
+        device=device,
+    )
     learn.create_opt()
     position, resumed = Position(), False
     checkpoint = ray.train.get_checkpoint()
@@ -92,6 +98,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             learn.freeze() if stage.frozen else learn.unfreeze()
             cbs = [
                 DataParallel(i, world_size, device),
+                ShardedValidation(world_size),
                 RayTrainReport(rank, i, start, position, _report, cfg.checkpoint_every, cfg.optimizer_state),
             ]
             if failure:

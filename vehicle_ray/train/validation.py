@@ -6,7 +6,6 @@ calibration, the operating point and the monitoring baseline on it.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from fasttransform import Pipeline
 
 from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
+from vehicle_ray.train.callback import rank_rows, rows_dl
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,7 @@ def validation_set(
     plain_tfms, aug_tfms = fastai_passes(list(learn.dls.train.after_batch.fs))
     labeled = dl or learn.dls.valid
     rows = range(len(labeled.dataset)) if rows is None else rows
-    # get_idxs: a picklable callable (DataLoader workers may pickle it), a fresh list per iteration
-    decoded = labeled.new(
-        after_batch=Pipeline([]), shuffle=False, drop_last=False, get_idxs=functools.partial(list, rows), n=len(rows)
-    )
+    decoded = rows_dl(labeled, rows, after_batch=Pipeline([]))
     probs, plain, targets = [], [], []
     with torch.inference_mode():
         for images, y in decoded:
@@ -62,11 +59,6 @@ def validation_set(
         empty = np.zeros((0, len(learn.dls.vocab)), dtype=np.float32)
         return ValidationSet(tta, empty, empty, np.zeros(0, dtype=int))
     return ValidationSet(tta, np.concatenate(probs), np.concatenate(plain), np.concatenate(targets).astype(int))
-
-
-def rank_rows(n: int, rank: int, world_size: int) -> range:
-    """This rank's contiguous slice of `n` rows; the slices of ranks 0..world_size-1 in order are 0..n-1."""
-    return range(n * rank // world_size, n * (rank + 1) // world_size)
 
 
 def distributed_validation_set(learn, tta: TTASettings, rank: int, world_size: int) -> ValidationSet | None:
