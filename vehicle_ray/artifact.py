@@ -208,23 +208,48 @@ def write_artifact(
     validation: ValidationSet | None = None,
     target: OperatingTarget | None = None,
 ) -> dict:
-    """Write every artifact file of a trained learner into `directory` (which must exist and be empty).
-    `training`: how it was trained (device, precision, workers: train.hardware), recorded as it ran;
-    `validation` (the validation set as scoring serves it) adds calibration, the monitoring baseline and
-    the operating point for `target`."""
+    """Write every artifact file of a trained learner into `directory` (which must exist and be empty),
+    in this process. `training`: how it was trained (device, precision, workers: train.hardware),
+    recorded as it ran; `validation` (the validation set as scoring serves it) adds calibration, the
+    monitoring baseline and the operating point for `target`. Training with several workers splits
+    the same three writers over two ranks (train/loop.py)."""
+    files = {**write_learner_files(directory, learn, history), **write_onnx_files(directory, learn, recipe.size)}
+    return write_model_json(directory, recipe, classes, history, files, training, validation, target)
+
+
+def write_learner_files(directory: Path, learn, history: list[dict[str, Any]]) -> dict[str, str]:
+    """export.pkl, the safetensors weights, metrics.csv and the training curves; their sha256s."""
     from safetensors.torch import save_model
 
     learn.export(directory / EXPORT_PKL)
-    model = learn.model.eval()
-    save_model(model, str(directory / WEIGHTS))
-    export_onnx(model, recipe.size, directory / ONNX)
-    quantize_onnx(directory / ONNX, directory / ONNX_INT8, calibration_batches(learn))
+    save_model(learn.model.eval(), str(directory / WEIGHTS))
     pd.DataFrame(history).to_csv(directory / METRICS_CSV, index=False)
-    names = [EXPORT_PKL, WEIGHTS, ONNX, ONNX_INT8, METRICS_CSV]
+    names = [EXPORT_PKL, WEIGHTS, METRICS_CSV]
     if history:
         training_curves(pd.DataFrame(history), directory / CURVES_PNG)
         names.append(CURVES_PNG)
-    files = {name: sha256_file(directory / name) for name in names}
+    return {name: sha256_file(directory / name) for name in names}
+
+
+def write_onnx_files(directory: Path, learn, size: int) -> dict[str, str]:
+    """The ONNX model and its int8 copy calibrated on augmented training batches; their sha256s."""
+    export_onnx(learn.model.eval(), size, directory / ONNX)
+    quantize_onnx(directory / ONNX, directory / ONNX_INT8, calibration_batches(learn))
+    return {name: sha256_file(directory / name) for name in (ONNX, ONNX_INT8)}
+
+
+def write_model_json(
+    directory: Path,
+    recipe: Recipe,
+    classes: list[str],
+    history: list[dict[str, Any]],
+    files: dict[str, str],
+    training: dict[str, Any] | None = None,
+    validation: ValidationSet | None = None,
+    target: OperatingTarget | None = None,
+) -> dict:
+    """model.json, the commit point, for the artifact `files` ({name: sha256}) already in `directory`."""
+    files = {name: files[name] for name in ARTIFACT_FILES if name in files}
     final = {k: v for k, v in (history[-1] if history else {}).items() if k not in HISTORY_FIELDS}
     normalize = None
     if recipe.normalize == "imagenet":
