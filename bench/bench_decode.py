@@ -3,6 +3,10 @@
 1. Decode time: `decode_image` over every file, exact and reduced, each timed --repeats times in
    this one process (one thread, as a decode task runs; the files' bytes are read before the clock
    starts); medians, ms per image and the speed-up.
+   Beside them, the floor under any reduced decode of these files: libjpeg's decode alone (Pillow
+   `draft`, no resize, no RGB/array work) at the scale the reduced decode uses and at 1/8, the
+   smallest, where the entropy decoding that no DCT scaling shrinks is nearly all that is left;
+   `max_speedup_at_reduced_scale` is the full decode's time over the reduced-scale decode alone.
 2. What it changes in the scores: the scorer's own TTA (`tta_probabilities`, the passes on the
    artifact's int8 ONNX model as `--tta-precision auto` runs them on CPU) on the same files decoded
    both ways, with the same random augmentations (same seed), so only the decode differs:
@@ -32,7 +36,7 @@ from tta_precision import compare
 
 from vehicle_ray.artifact import ONNX_INT8, open_artifact
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
-from vehicle_ray.score.decode import decode_image
+from vehicle_ray.score.decode import decode_image, reduce_on_decode
 from vehicle_ray.score.predictor import onnx_forward
 from vehicle_ray.score.tta import TTASettings, tta_probabilities
 
@@ -56,6 +60,27 @@ def decode_times(data: list[bytes], size: int, method: str, repeats: int) -> dic
         "per_repeat_s": {mode: [round(v, 2) for v in s] for mode, s in seconds.items()},
         "speedup": round(ms["exact"] / ms["reduced"], 2),
     }
+
+
+def draft_decode_ms(data: list[bytes], size: int, repeats: int) -> dict:
+    """Median ms per image of libjpeg's decode alone at the scale `reduce_on_decode` picks and at 1/8."""
+
+    def decode(d: bytes, scale: int | None) -> None:
+        img = Image.open(io.BytesIO(d))
+        if scale is None:
+            reduce_on_decode(img, size)
+        else:
+            img.draft("RGB", (img.width // scale, img.height // scale))
+        img.load()
+
+    seconds: dict[str, list[float]] = {"reduced_scale_alone": [], "eighth_scale_alone": []}
+    for _ in range(repeats):
+        for mode, scale in (("reduced_scale_alone", None), ("eighth_scale_alone", 8)):
+            t0 = time.perf_counter()
+            for d in data:
+                decode(d, scale)
+            seconds[mode].append(time.perf_counter() - t0)
+    return {mode: round(1000 * statistics.median(s) / len(data), 2) for mode, s in seconds.items()}
 
 
 def tta_scores(art, images: np.ndarray, seed: int, threads: int, n: int) -> np.ndarray:
@@ -87,6 +112,9 @@ def main() -> None:
     data = [f.read_bytes() for f in files]
     method = art.meta["input"]["resize_method"]
     timing = decode_times(data, art.size, method, args.repeats)
+    floor = draft_decode_ms(data, art.size, args.repeats)
+    floor["max_speedup_at_reduced_scale"] = round(timing["ms_per_image"]["exact"] / floor["reduced_scale_alone"], 2)
+    timing["floor_ms_per_image"] = floor
     exact, reduced = (decode_all(data, art.size, method, exact=e)[0] for e in (True, False))
     reference = tta_scores(art, exact, 0, args.threads, args.tta_n)
     result = {
