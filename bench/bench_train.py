@@ -55,7 +55,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float, float]]] = {"ray": [], "fastai": []}  # (wall, accuracy, epochs)
     floor: list[float] = []
     for i in range(args.repeats):
-        floor_cmd = [sys.executable, str(HERE / "ray_train_floor.py"), str(args.workers), str(work / "floor")]
+        floor_cmd = [sys.executable, str(HERE / "ray_train_floor.py"), str(args.workers), str(work / f"floor{i}")]
         floor.append(timed(floor_cmd)[0])
         export_dir = work / f"fastai{i}"
         export_dir.mkdir()

@@ -174,8 +174,7 @@ class ShardedValidation(Callback):
         if not isinstance(self.learn.model, DistributedDataParallel):
             return
         self._ddp = self.learn.model
-        for buffer in self._ddp.module.buffers():
-            dist.broadcast(buffer, src=0)
+        broadcast_buffers(self._ddp.module)
         self.learn.model = self._ddp.module
 
     def after_validate(self) -> None:
@@ -191,6 +190,13 @@ class ShardedValidation(Callback):
 
     def _valid_metrics(self) -> list:
         return [self.recorder.loss, *self.learn.metrics] if self.recorder.valid_metrics else []
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank; a collective. DDP keeps the parameters
+    equal, but each rank's last training forward updates its own BatchNorm statistics."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def require_mergeable(metric) -> None:

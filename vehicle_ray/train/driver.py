@@ -3,7 +3,7 @@
 The steps, in the order `train` runs them: validate options and input (no Ray yet), fetch pretrained
 weights once on the driver, connect to Ray, run a TorchTrainer whose workers (loop.py) each build the
 same fastai learner and run `fit_one_cycle` per stage with the callbacks of callback.py attached, and
-publish the artifact that rank 0 wrote into the final checkpoint to --out atomically. The driver only
+publish the artifact that the workers wrote into the final checkpoint to --out atomically. The driver only
 imports the light half (config.py, launch.py), never fastai; torch only once the options and the CSV
 are validated (Ray's TorchConfig needs it; on a thread while Ray starts), so those errors come back
 without it.

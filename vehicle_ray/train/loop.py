@@ -1,5 +1,5 @@
 """The Ray Train per-worker loop: build the fastai learner, run the recipe's stages with
-the callbacks of callback.py attached, and have rank 0 write the artifact into the final checkpoint.
+the callbacks of callback.py attached, and have ranks 0 and 1 write the artifact into the final checkpoint.
 
 Imported only inside workers (see launch.py): the driver and the controller never load the
 training stack.
@@ -32,6 +32,7 @@ from vehicle_ray.train.callback import (
     Position,
     RayTrainReport,
     ShardedValidation,
+    broadcast_buffers,
     read_checkpoint,
     sharded_train_dl,
     sharded_valid_dl,
@@ -127,6 +128,8 @@ def _final_report(
     metrics = {"done": 1, "epochs": len(position.history)}
     plain_fp32(learn)
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
+    if world_size > 1:  # every rank scores and exports rank 0's model, whatever the last epoch did
+        broadcast_buffers(learn.model)
     tta = TTASettings(cfg.recipe.tta_n, cfg.recipe.tta_beta)
     validation = distributed_validation_set(learn, tta, rank, world_size)  # on the training device
     onnx_rank = ONNX_RANK if world_size > 1 else 0

@@ -64,8 +64,8 @@ def validation_set(
 def distributed_validation_set(learn, tta: TTASettings, rank: int, world_size: int) -> ValidationSet | None:
     """`validation_set` with the work split over the ranks: each scores its `rank_rows` and rank 0
     gets the slices in order (the other ranks get None). The TTA passes are the longest step after
-    the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, where the ONNX export and
-    int8 calibration take 1.9 s) and would otherwise leave every other rank idle. The slices travel on
+    the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, profiled in one process in
+    the seventh session) and would otherwise leave every other rank idle. The slices travel on
     the training's own process group (gloo on CPU; NCCL on GPU, where Ray Train has set each worker's
     CUDA device), with its --nccl-timeout and network settings."""
     part = validation_set(learn, tta, rows=rank_rows(len(learn.dls.valid.dataset), rank, world_size))
