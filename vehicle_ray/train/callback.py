@@ -183,13 +183,22 @@ class ShardedValidation(Callback):
         if self.world_size == 1 or not dist.is_initialized():
             return
         metrics = self._valid_metrics()
-        states: list[list[tuple] | None] = [None] * self.world_size
-        dist.all_gather_object(states, [metric_state(m) for m in metrics])
+        states = gather_from_ranks([metric_state(m) for m in metrics], self.world_size)
         for i, metric in enumerate(metrics):
             merge_metric_states(metric, [rank_states[i] for rank_states in states])
 
     def _valid_metrics(self) -> list:
         return [self.recorder.loss, *self.learn.metrics] if self.recorder.valid_metrics else []
+
+
+def gather_from_ranks(obj: Any, world_size: int) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank; a collective on the training's own
+    process group (gloo on CPU; NCCL on GPU, where Ray Train has set each worker's CUDA device)."""
+    if world_size == 1:
+        return [obj]
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

@@ -21,7 +21,6 @@ import ray
 import ray.train
 import ray.train.v2._internal.execution.context as ray_train_context
 import torch
-import torch.distributed as dist
 from fastai.data.core import DataLoaders
 
 from vehicle_ray.artifact import write_learner_files, write_model_json, write_onnx_files
@@ -33,6 +32,7 @@ from vehicle_ray.train.callback import (
     RayTrainReport,
     ShardedValidation,
     broadcast_buffers,
+    gather_from_ranks,
     read_checkpoint,
     sharded_train_dl,
     sharded_valid_dl,
@@ -134,7 +134,7 @@ def _final_report(
     validation = distributed_validation_set(learn, tta, rank, world_size)  # on the training device
     onnx_rank = ONNX_RANK if world_size > 1 else 0
     if rank not in (0, onnx_rank):
-        _gather_files({}, world_size)
+        gather_from_ranks({}, world_size)  # the artifact files' sha256s: see below
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
@@ -148,18 +148,9 @@ def _final_report(
             files.update(write_onnx_files(artifact, learn, cfg.recipe.size))
         if rank == 0:
             files.update(write_learner_files(artifact, learn, position.history))
-        files = _gather_files(files, world_size)
+        files = {name: sha for part in gather_from_ranks(files, world_size) for name, sha in part.items()}
         if rank == 0:
             write_model_json(
                 artifact, cfg.recipe, cfg.data.classes, position.history, files, training, validation, cfg.target
             )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _gather_files(files: dict[str, str], world_size: int) -> dict[str, str]:
-    """Every rank's {artifact file: sha256}, merged; a collective on the training's process group."""
-    if world_size == 1:
-        return files
-    parts: list[dict[str, str] | None] = [None] * world_size
-    dist.all_gather_object(parts, files)
-    return {name: sha for part in parts for name, sha in part.items()}

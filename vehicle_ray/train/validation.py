@@ -11,11 +11,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from fasttransform import Pipeline
 
 from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
-from vehicle_ray.train.callback import rank_rows, rows_dl
+from vehicle_ray.train.callback import gather_from_ranks, rank_rows, rows_dl
 
 
 @dataclass(frozen=True)
@@ -66,13 +65,12 @@ def distributed_validation_set(learn, tta: TTASettings, rank: int, world_size: i
     gets the slices in order (the other ranks get None). The TTA passes are the longest step after
     the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, profiled in one process in
     the seventh session) and would otherwise leave every other rank idle. The slices travel on
-    the training's own process group (gloo on CPU; NCCL on GPU, where Ray Train has set each worker's
-    CUDA device), with its --nccl-timeout and network settings."""
+    the training's own process group (`gather_from_ranks`), with its --nccl-timeout and network
+    settings."""
     part = validation_set(learn, tta, rows=rank_rows(len(learn.dls.valid.dataset), rank, world_size))
     if world_size == 1:
         return part
-    parts: list[ValidationSet | None] = [None] * world_size
-    dist.all_gather_object(parts, part)
+    parts = gather_from_ranks(part, world_size)
     if rank != 0:
         return None
     return ValidationSet(
