@@ -19,6 +19,14 @@ from vehicle_ray.sample_data import write_sample_data
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# "The model learned", for a `tiny_cpu` model trained on the sample data: accuracy on its 80 validation or
+# 100 test images (40% positive, so 0.6 is the majority-class rate). From-scratch training on 320 images
+# lands in a spread that depends on the seed, and any change in the order of random draws moves the seeded
+# run to another point of it: `bench/tiny_recipe_seeds.py /tmp/seeds --seeds 42,1,2,3,4,5` gave validation
+# 0.8875-1.0 and test accuracy with TTA 0.87-0.97 (median 0.96). A bound of 0.9 failed CI on a correct
+# change (test accuracy 0.88 and 0.89, the seeded run at the recipe's former lr 0.01).
+LEARNED_ACCURACY = 0.85
+
 
 # Ray forwards its own processes' log lines to the driver's stderr, colour-prefixed with the process name:
 # the raylet's "over 95% full" disk warning on a crowded CI disk, the placement-group cleaner's ConnectionError
