@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# Fresh interpreters importing torch, fastai and ray: 14 s, a fifth of `make test-fast`; CI runs them.
+pytestmark = pytest.mark.slow
+
 LIGHT = [
     "vehicle_ray.cli",
     "vehicle_ray.score.driver",
