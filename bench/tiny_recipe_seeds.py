@@ -11,8 +11,6 @@ accuracy of `vehicle-ray evaluate` with TTA and without; then the minimum and me
 """
 
 import argparse
-import dataclasses
-import json
 import statistics
 from pathlib import Path
 
@@ -26,12 +24,10 @@ from vehicle_ray.train.driver import train
 
 
 def run_seed(root: Path, sample: Path, seed: int, lr: float | None, workers: int) -> dict[str, float]:
-    """Train `tiny_cpu` with `seed` (and `lr` for every stage, if given) as the tests' fixture does; evaluate it."""
-    recipe = dataclasses.replace(load_recipe("tiny_cpu"), seed=seed)
-    if lr is not None:
-        recipe = dataclasses.replace(recipe, stages=tuple(dataclasses.replace(s, lr=lr) for s in recipe.stages))
+    """Train `tiny_cpu` with `seed` (and `lr`, as `--lr` would set it) as the tests' fixture does; evaluate it."""
+    recipe = load_recipe("tiny_cpu").with_overrides(seed=seed, lr=lr)
     out = root / f"seed{seed}"
-    train(
+    trained = train(
         TrainOptions(
             csv=sample / "train.csv",
             images=sample / "images",
@@ -43,8 +39,11 @@ def run_seed(root: Path, sample: Path, seed: int, lr: float | None, workers: int
         recipe,
     )
     report = evaluate(out / "model", sample / "test_labels.csv", sample / "images", out / "report")
-    valid = json.loads((out / "model" / "model.json").read_text())["metrics"]["accuracy"]
-    return {"valid": valid, "test_tta": report["accuracy"], "test_no_tta": report["accuracy_no_tta"]}
+    return {
+        "valid": trained.metrics["accuracy"],
+        "test_tta": report["accuracy"],
+        "test_no_tta": report["accuracy_no_tta"],
+    }
 
 
 def main() -> None:
