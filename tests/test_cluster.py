@@ -194,6 +194,22 @@ def test_ray_job_submit_train_then_score(ray_head, sample_dir, tmp_path):
         timeout=600,
     )
     assert bad.returncode == 2 and "Error: model not found" in bad.stdout, (bad.stdout + bad.stderr)[-3000:]
+    # no node of this cluster can ever place a GPU actor: the run gives up after --wait-for-resources with
+    # 69 (EX_UNAVAILABLE), which the systemd unit retries, unlike 2
+    gpu = [
+        *nightly[:5],
+        str(tmp_path / "gpu-scores"),
+        "--incremental",
+        "--gpus-per-actor",
+        "1",
+        "--wait-for-resources",
+        "5",
+    ]
+    unavailable = subprocess.run(
+        [str(ROOT / "deploy" / "score-nightly.sh"), *gpu], capture_output=True, text=True, env=script_env, timeout=600
+    )
+    assert unavailable.returncode == 69, (unavailable.stdout + unavailable.stderr)[-3000:]
+    assert "Unavailable: no model actor could start within 5s" in unavailable.stdout
 
 
 @pytest.mark.slow

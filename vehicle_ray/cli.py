@@ -13,17 +13,38 @@ from typing import Any, Callable
 
 import click
 
-from vehicle_ray.errors import EXIT_DRIFT, EXIT_INPUT, EXIT_TRY_LATER, DriftAlert, InputError, TryLater
+from vehicle_ray.errors import (
+    EXIT_DRIFT,
+    EXIT_INPUT,
+    EXIT_LEASE_LOST,
+    EXIT_TRY_LATER,
+    EXIT_UNAVAILABLE,
+    DriftAlert,
+    InputError,
+    LeaseLost,
+    ResourcesUnavailable,
+    TryLater,
+)
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import bundled_recipes
-from vehicle_ray.score.options import BACKENDS, TTA_PRECISIONS, ScoreOptions, parse_actors, parse_band
+from vehicle_ray.score.options import (
+    BACKENDS,
+    ERROR_KIND_NAMES,
+    TTA_PRECISIONS,
+    ScoreOptions,
+    parse_actors,
+    parse_band,
+    parse_error_kinds,
+)
 from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.config import TrainOptions
 
 
 class Group(click.Group):
     """Turns InputError into `Error: ...` and exit code 2, TryLater into `Busy: ...` and exit code 75
-    (EX_TEMPFAIL), DriftAlert into `Drift: ...` and exit code 3, from any subcommand, with no traceback."""
+    (EX_TEMPFAIL), DriftAlert into `Drift: ...` and exit code 3, LeaseLost into `Lease lost: ...` and exit
+    code 76, ResourcesUnavailable into `Unavailable: ...` and exit code 69 (EX_UNAVAILABLE), from any subcommand,
+    with no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,6 +58,12 @@ class Group(click.Group):
         except DriftAlert as exc:
             click.echo(f"Drift: {exc}", err=True)
             ctx.exit(EXIT_DRIFT)
+        except LeaseLost as exc:
+            click.echo(f"Lease lost: {exc}", err=True)
+            ctx.exit(EXIT_LEASE_LOST)
+        except ResourcesUnavailable as exc:
+            click.echo(f"Unavailable: {exc}", err=True)
+            ctx.exit(EXIT_UNAVAILABLE)
 
 
 def default(options_class: type, name: str) -> Any:
@@ -225,7 +252,7 @@ def sample_data_cmd(out: str, n_train: int, n_test: int, size: int, seed: int) -
     "--wait-for-resources",
     type=float,
     metavar="SECONDS",
-    help="Give up (exit 2) when the workers' CPUs/GPUs are not there within SECONDS "
+    help="Give up (exit 69, try later) when the workers' CPUs/GPUs are not there within SECONDS "
     "[default: wait until the autoscaler provides them].",
 )
 @click.option(
@@ -428,13 +455,34 @@ def lr_find_cmd(
     "keeping >= 2x, which is several times faster).",
 )
 @click.option("--incremental", is_flag=True, help="Skip files already in --output (predictions or errors).")
+@click.option(
+    "--relist",
+    is_flag=True,
+    help="With --incremental: list the whole input, not only names above the last run's watermark "
+    "(finds files that arrived under older prefixes; each still scored once).",
+)
 @click.option("--overwrite", is_flag=True, help="Delete earlier runs in --output first.")
+@click.option(
+    "--retry-errors",
+    metavar="KIND[,KIND...]",
+    callback=lambda ctx, param, value: parse_error_kinds(value),
+    help="With --incremental: also score the committed errors/ rows of these kinds again (their old rows are "
+    f"replaced in the same commit; predictions are untouched). Kinds: {', '.join(ERROR_KIND_NAMES)}, or all.",
+)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a plain fastai export.pkl (runs code from the file).")
 @click.option(
     "--commit-every",
     default=default(ScoreOptions, "commit_every"),
     show_default=True,
-    help="Files per chunk commit: a crash loses at most the chunk in flight.",
+    help="Files per chunk commit at most: a crash loses at most the chunk in flight.",
+)
+@click.option(
+    "--commit-interval",
+    type=float,
+    metavar="SECONDS",
+    default=default(ScoreOptions, "commit_interval"),
+    show_default=True,
+    help="Commit a chunk at the latest this long after its first row: a crash loses about this much work.",
 )
 @click.option(
     "--wait",
@@ -458,7 +506,8 @@ def lr_find_cmd(
 @click.option(
     "--wait-for-resources",
     type=float,
-    help="Seconds for the first model actor to start before failing [default: 600 on a cluster].",
+    help="Seconds for the first model actor to start before giving up (exit 69, try later) "
+    "[default: 600 on a cluster].",
 )
 @click.option(
     "--in-process-up-to",

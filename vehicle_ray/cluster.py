@@ -10,10 +10,15 @@ from vehicle_ray.data import is_uri
 from vehicle_ray.errors import InputError
 
 NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: refuses at once, never a State API
-# CPUs per GPU worker/task while no GPU node is up to size them from (autoscaling from zero): 4 fits the
-# common one-GPU shapes (AWS g4dn/g5.xlarge 4 vCPUs, p3.2xlarge 8, GCP a2-highgpu-1g 12) and feeds
-# three DataLoader workers. Larger GPU nodes are measured once they are up; or --cpus-per-worker.
-DEFAULT_CPUS_PER_GPU = 4
+# CPUs a GPU node keeps out of its GPU workers' and tasks' requests, for whatever else must place there:
+# the job's driver (`ray job submit --entrypoint-num-cpus 1`), a scoring run's decode tasks. A worker that
+# asked for all 16 CPUs of a 16-CPU 1-GPU node never placed beside a 1-CPU driver: training waited
+# forever, lr-find's ray.get blocked (issue #26).
+GPU_NODE_FREE_CPUS = 1
+# CPUs per GPU worker/task while no GPU node is up to size them from (autoscaling from zero): 3 is the
+# smallest common one-GPU shape (AWS g4dn/g5.xlarge, 4 vCPUs) less GPU_NODE_FREE_CPUS, and feeds two
+# DataLoader workers. Larger GPU nodes are measured once they are up; or --cpus-per-worker.
+DEFAULT_CPUS_PER_GPU = 3
 
 
 def init_ray(num_cpus: int | None = None) -> dict[str, float]:
@@ -76,8 +81,10 @@ def largest_node_cpus(nodes: list[dict[str, float]]) -> int:
 
 def cpus_per_gpu(nodes: list[dict[str, float]]) -> int:
     """CPUs to request next to each GPU: the smallest CPUs-per-GPU share of the GPU nodes that are up
-    (CPU-only nodes' CPUs are of no use to a GPU worker), DEFAULT_CPUS_PER_GPU while none is."""
-    shares = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU", 0) >= 1]
+    once GPU_NODE_FREE_CPUS are set aside on each (CPU-only nodes' CPUs are of no use to a GPU worker),
+    DEFAULT_CPUS_PER_GPU while none is. At least 1: a node with one CPU per GPU or fewer has none to
+    spare when all its GPUs are busy."""
+    shares = [int((n.get("CPU", 0) - GPU_NODE_FREE_CPUS) // n["GPU"]) for n in nodes if n.get("GPU", 0) >= 1]
     return max(1, min(shares)) if shares else DEFAULT_CPUS_PER_GPU
 
 

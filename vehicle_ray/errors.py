@@ -11,6 +11,10 @@ from typing import Any
 EXIT_INPUT = 2
 EXIT_TRY_LATER = 75  # EX_TEMPFAIL from sysexits.h: cron/systemd/KubeRay treat it as "run again later"
 EXIT_DRIFT = 3  # score --fail-on-drift: the run is committed, but its data drifted; alert, do not retry
+# EX_UNAVAILABLE from sysexits.h: the cluster did not provide the CPUs/GPUs within --wait-for-resources. Not 2:
+# the command was right, and a schedule retries it (the systemd unit stops retrying only on 2 and 3).
+EXIT_UNAVAILABLE = 69
+EXIT_LEASE_LOST = 76  # EX_PROTOCOL: another run took the output over; what this run committed before stays
 
 
 class InputError(Exception):
@@ -19,6 +23,16 @@ class InputError(Exception):
 
 class TryLater(Exception):
     """Another run holds the output: one line, exit code 75, nothing was written."""
+
+
+class LeaseLost(Exception):
+    """This run lost the output's lease (it stalled beyond the TTL and another run took over): one
+    line, exit code 76; its later commits were refused, the next run scores what it left."""
+
+
+class ResourcesUnavailable(Exception):
+    """Gave up waiting for the cluster's CPUs/GPUs (--wait-for-resources): one line, exit code 69, try later
+    (scoring's committed chunks stay; an --incremental rerun continues)."""
 
 
 class DriftAlert(Exception):

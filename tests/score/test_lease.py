@@ -1,14 +1,17 @@
 """The output lease on a local directory: one holder, waiting, stale take-over, lost-lease detection."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from vehicle_ray.errors import TryLater
+from vehicle_ray.errors import LeaseLost, TryLater
+from vehicle_ray.score import lease as lease_module
 from vehicle_ray.score.lease import LEASE_FILE, Lease, LocalLeaseBackend, pid_space
 
 
@@ -48,11 +51,80 @@ def _write_lease(path, holder, heartbeat, ttl=120.0, space=""):
     path.write_text(json.dumps({**record, "pid_space": space} if space else record))
 
 
-def test_stale_heartbeat_is_taken_over(tmp_path):
-    _write_lease(tmp_path / LEASE_FILE, "another-host:1", heartbeat=time.time() - 500, ttl=60)
+def test_a_silent_lease_is_taken_over_after_its_ttl_of_own_observation_even_without_wait(tmp_path):
+    _write_lease(tmp_path / LEASE_FILE, "another-host:1", heartbeat=time.time() - 500, ttl=1.0)
+    t0 = time.monotonic()
     with Lease(backend(tmp_path), "run-b") as lease:
-        lease.acquire()
+        lease.acquire(wait=0, poll=0.1)  # looks abandoned: watched for its TTL, then taken over
+        assert time.monotonic() - t0 >= 1.0
+        record = json.loads((tmp_path / LEASE_FILE).read_text())
+        assert record["run_id"] == "run-b" and record["fences"] == ["t0"]
+        assert lease.taken_over == ("t0",)
+
+
+def test_contender_with_a_skewed_clock_never_takes_a_live_lease(tmp_path, monkeypatch):
+    """The holder (another process) refreshes its lease; the contender's wall clock is 10 minutes
+    ahead, so every heartbeat stamp looks 10 minutes old to it. Only its own observation counts."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from vehicle_ray.score.lease import *;"
+            f"l = Lease(LocalLeaseBackend(Path({str(tmp_path / LEASE_FILE)!r})), 'live', ttl=1.0); l.acquire();"
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(lease_module, "wall_clock", lambda: time.time() + 600)
+        t0 = time.monotonic()
+        with pytest.raises(TryLater, match="run live"):
+            Lease(backend(tmp_path), "run-b").acquire(wait=0, poll=0.1)
+        assert time.monotonic() - t0 >= 1.0  # it did watch the "stale-looking" lease for a TTL
+        assert json.loads((tmp_path / LEASE_FILE).read_text())["run_id"] == "live"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone now (killed: its lease stays, with no heartbeat): a dead lease is taken over,
+    # after a TTL of the contender's own observation, skewed clock or not
+    _write_lease(tmp_path / LEASE_FILE, "another-host:1", heartbeat=time.time(), ttl=1.0)
+    t0 = time.monotonic()
+    with Lease(backend(tmp_path), "run-b") as lease:
+        lease.acquire(wait=0, poll=0.1)
+        assert 1.0 <= time.monotonic() - t0 < 10
         assert json.loads((tmp_path / LEASE_FILE).read_text())["run_id"] == "run-b"
+
+
+def test_a_run_that_waited_starts_with_a_fresh_lease(tmp_path):
+    """The record written at acquisition carries that moment's heartbeat, and the confirmation clock
+    starts then: a run that waited longer than TTL/2 can commit at once."""
+    first = Lease(backend(tmp_path), "run-a", ttl=1.0)
+    first.acquire()
+    second = Lease(backend(tmp_path), "run-b", ttl=1.0)
+    releaser = threading.Timer(1.5, first.release)
+    releaser.start()
+    second.acquire(wait=10, poll=0.1)
+    releaser.join()
+    record = json.loads((tmp_path / LEASE_FILE).read_text())
+    assert record["run_id"] == "run-b" and time.time() - record["heartbeat"] < 0.5
+    assert time.time() - record["since"] < 0.5
+    second.check()  # confirmed at acquisition, not when the object was built 1.5 s ago
+    second.release()
+
+
+def test_the_local_mutex_is_broken_only_after_being_seen_unchanged(tmp_path, monkeypatch):
+    """A mutex left by a holder that died inside is broken after MUTEX_STALE_S of this process's own
+    observation, whatever its mtime says (an NFS server's clock may be far off)."""
+    monkeypatch.setattr(lease_module, "MUTEX_STALE_S", 0.5)
+    b = backend(tmp_path)
+    b.mutex.mkdir()
+    os.utime(b.mutex, (time.time() + 3600, time.time() + 3600))  # the server's clock is an hour ahead
+    t0 = time.monotonic()
+    with b._mutex():
+        assert time.monotonic() - t0 >= 0.5
+    assert not b.mutex.exists()
 
 
 def test_fresh_lease_of_another_host_is_respected(tmp_path):
@@ -93,7 +165,7 @@ def test_a_store_hiccup_in_the_heartbeat_is_retried_but_a_silent_lease_blocks_co
     lease.backend.swap = failing_swap
     time.sleep(0.6)  # heartbeats fail, the thread keeps going, the lease is not confirmed any more
     assert len(calls) >= 2 and lease._thread.is_alive()
-    with pytest.raises(RuntimeError, match="not been confirmed"):
+    with pytest.raises(LeaseLost, match="not been confirmed"):
         lease.check()
     lease.backend.swap = real_swap
     time.sleep(0.5)
@@ -112,7 +184,8 @@ def test_heartbeat_refreshes_and_a_taken_over_lease_is_noticed(tmp_path):
     deadline = time.monotonic() + 5
     while lease.lost is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    with pytest.raises(RuntimeError, match="taken over"):
+    with pytest.raises(LeaseLost, match="took the output"):
         lease.check()
-    lease.release()
+    with pytest.raises(LeaseLost):  # a run that lost its lease never ends as a success
+        lease.release()
     assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == "thief:1"  # not deleted by the loser

@@ -12,7 +12,7 @@ import pytest
 from vehicle_ray.data import open_root
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.done_index import path_hashes
-from vehicle_ray.score.listing import chunked, iter_listing, walk, write_manifest
+from vehicle_ray.score.listing import ListingStats, chunked, iter_listing, listing_key, walk, write_manifest
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.store import OutputStore
 
@@ -42,10 +42,58 @@ def test_walk_is_a_stream(tree):
     assert next(it) in IMAGES
 
 
-def test_walk_yields_each_directorys_files_sorted(tree):
+def test_walk_yields_names_in_byte_order_of_the_whole_name(tree):
+    """The order S3 lists keys in: what the watermark compares against."""
+    assert list(walk(open_root(tree), None)) == sorted(IMAGES, key=lambda n: n.encode())
+    (tree / "a.jpg").write_bytes(b"x")  # "a.jpg" < "a/..." < "a0.jpg": '.' < '/' < '0'
+    (tree / "a0.jpg").write_bytes(b"x")
     names = list(walk(open_root(tree), None))
-    top = [n for n in names if "/" not in n]
-    assert top == sorted(top)
+    assert names.index("a.jpg") < names.index("a/1.PNG") < names.index("a/sub/3.Jpeg") < names.index("a0.jpg")
+
+
+def night_tree(root, nights: int, per_night: int):
+    for night in range(nights):
+        for cam in ("cam1", "cam2"):
+            d = root / f"2026-12-{night + 1:02d}" / cam
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_night // 2):
+                (d / f"{i:04d}.jpg").write_bytes(b"x")
+
+
+def test_a_walk_from_a_watermark_lists_only_names_above_it_and_skips_older_subtrees(tmp_path):
+    night_tree(tmp_path, nights=20, per_night=10)
+    root = open_root(tmp_path)
+    everything = list(walk(root, None))
+    assert len(everything) == 200
+    full = ListingStats()
+    assert list(walk(root, None, None, full)) == everything and full.last == everything[-1]
+    after = "2026-12-18/cam2/0004.jpg"  # the last file of night 18
+    stats = ListingStats()
+    assert list(walk(root, None, after, stats)) == [n for n in everything if n > after]
+    # the root, night 18 (an ancestor of the watermark) and its cam2, nights 19 and 20 with their cams:
+    # never the 17 older nights
+    assert stats.requests == 1 + 2 + 2 * 3 and stats.entries < 60 < full.entries
+    assert list(walk(root, None, everything[-1])) == []  # nothing new
+    (tmp_path / "2026-12-02" / "cam1" / "late.jpg").write_bytes(b"x")  # a late file under an old prefix
+    assert "2026-12-02/cam1/late.jpg" not in list(walk(root, None, after))  # found by --relist only
+    assert "2026-12-02/cam1/late.jpg" in list(walk(root, None))
+
+
+def test_iter_listing_lists_from_the_watermark_unless_told_to_relist(tmp_path):
+    night_tree(tmp_path, nights=3, per_night=4)
+    after = "2026-12-02/cam2/0001.jpg"
+    keys = []
+
+    def watermark(key):
+        keys.append(key)
+        return after
+
+    root, chunks, stats = iter_listing(tmp_path, None, ScoreOptions(incremental=True), watermark=watermark)
+    assert [n for c in chunks for n in c] == [n for n in walk(root, None) if n > after]
+    assert stats.after == after and keys == [listing_key(root, None)]
+    _, chunks, stats = iter_listing(tmp_path, None, ScoreOptions(incremental=True, relist=True), watermark=watermark)
+    assert len([n for c in chunks for n in c]) == 12 and stats.after is None
+    assert listing_key(root, None) != listing_key(root, "*.png")  # one watermark per root and glob
 
 
 @pytest.mark.parametrize(
@@ -78,7 +126,7 @@ def write_csv(tmp_path, names: list[str], header: str = "image_names,label") -> 
 
 def test_csv_listing_keeps_the_csvs_order_in_chunks(tmp_path, tree):
     names = ["b/4.png", "z.JPG", "a/2.jpg", "0.webp", "c/6.bmp"]
-    root, chunks = iter_listing(write_csv(tmp_path, names), tree, ScoreOptions(), chunk=2)
+    root, chunks, _ = iter_listing(write_csv(tmp_path, names), tree, ScoreOptions(), chunk=2)
     assert root.base == str(tree)
     assert list(chunks) == [["b/4.png", "z.JPG"], ["a/2.jpg", "0.webp"], ["c/6.bmp"]]
 
@@ -86,7 +134,7 @@ def test_csv_listing_keeps_the_csvs_order_in_chunks(tmp_path, tree):
 def test_csv_listing_by_column_name(tmp_path, tree):
     path = tmp_path / "named.csv"
     path.write_text("label,fn\nx,b/4.png\ny,z.JPG\n")
-    _, chunks = iter_listing(str(path), tree, ScoreOptions(fn_col="fn"))
+    _, chunks, _ = iter_listing(str(path), tree, ScoreOptions(fn_col="fn"))
     assert list(chunks) == [["b/4.png", "z.JPG"]]
 
 
@@ -113,7 +161,7 @@ def manifest_rows(manifest: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("done_names", [[], ["a/2.jpg"], ["z.JPG", "0.webp", "a/2.jpg"], IMAGES])
 def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names):
     store = OutputStore.open(str(tmp_path / "out"))
-    root, chunks = iter_listing(tree, None, ScoreOptions(), chunk=3)
+    root, chunks, _ = iter_listing(tree, None, ScoreOptions(), chunk=3)
     done = np.sort(path_hashes([root.full_name(n) for n in done_names + ["elsewhere/not-listed.jpg"]]))
     manifest, listed, new = write_manifest(store, "run1", root, chunks, lambda h: np.isin(h, done))
     todo = sorted(set(IMAGES) - set(done_names))
@@ -127,7 +175,7 @@ def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names
 
 def test_manifest_without_done_files_lists_everything(tmp_path, tree):
     store = OutputStore.open(str(tmp_path / "out"))
-    root, chunks = iter_listing(tree, None, ScoreOptions(), chunk=3)
+    root, chunks, _ = iter_listing(tree, None, ScoreOptions(), chunk=3)
     manifest, listed, new = write_manifest(store, "run1", root, chunks, None)
     assert listed == new == len(IMAGES)
     assert [p for p, _ in manifest_rows(manifest)] == sorted(str(tree / n) for n in IMAGES)

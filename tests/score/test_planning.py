@@ -83,6 +83,40 @@ def test_gpu_actors_still_leave_a_cpu():
         plan_resources({"CPU": 4.0, "GPU": 4.0}, ScoreOptions(gpus_per_actor=1))
 
 
+@pytest.mark.parametrize(
+    "resources, gpus_per_actor",
+    [
+        ({"CPU": 16.0, "GPU": 1.0}, 1.0),
+        ({"CPU": 16.0, "GPU": 1.0}, 0.5),
+        ({"CPU": 4.0, "GPU": 1.0}, 1.0),
+        ({"CPU": 96.0, "GPU": 8.0}, 1.0),
+        ({"CPU": 32.0, "GPU": 4.0}, 2.0),
+    ],
+)
+def test_gpu_plans_never_run_more_busy_threads_than_cpus(resources, gpus_per_actor):
+    """Issue #26: next to GPU actors every decode task (one busy Pillow thread) asks for a whole CPU, and
+    each actor runs its own CPUs' worth of torch threads, not the node's: the actors' threads plus the
+    decode tasks Ray can place beside them at once never exceed the CPUs (a 16-CPU 1-GPU node: 1 + 15)."""
+    plan = plan_resources(resources, ScoreOptions(gpus_per_actor=gpus_per_actor))
+    assert plan.decode_cpus == 1.0 and plan.threads == int(plan.cpus_per_actor) == 1
+    decodes_at_once = (resources["CPU"] - plan.actors * plan.cpus_per_actor) // plan.decode_cpus
+    assert decodes_at_once >= 1
+    assert plan.actors * plan.threads + decodes_at_once <= resources["CPU"]
+
+
+def test_gpu_plans_on_a_cluster_we_joined_decode_on_whole_cpus_too():
+    plan = plan_resources({"CPU": 0.0}, ScoreOptions(gpus_per_actor=1), elastic=True)
+    assert (plan.decode_cpus, plan.threads, plan.cpus_per_actor) == (1.0, 1, 1.0)
+
+
+def test_cpu_plans_decode_on_half_cpus_beside_actors_using_the_node():
+    """CPU actors keep decode at half a CPU (a request equal to the actors' would let Ray Data fuse the
+    two operators) and their threads cover the node, as measured for CPU scoring."""
+    plan = plan_resources({"CPU": 16.0}, ScoreOptions())
+    assert plan.decode_cpus == 0.5 and plan.decode_cpus != plan.cpus_per_actor
+    assert plan.threads == 16 // plan.actors > plan.cpus_per_actor
+
+
 def test_explicit_cpus_per_actor_is_the_thread_count():
     assert plan_resources({"CPU": 16.0}, ScoreOptions(cpus_per_actor=3)).threads == 3
 

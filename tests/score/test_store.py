@@ -121,7 +121,7 @@ def test_recover_rolls_a_recorded_chunk_forward(store, monkeypatch):
     assert store.recover()["rolled_forward"] == 3  # predictions, errors and the done-index file
     assert (paths_in(store, PREDICTIONS), paths_in(store, ERRORS)) == (["/a"], ["/b"])
     assert done(store) == ["/a", "/b"]
-    assert store.recover() == {"rolled_forward": 0, "removed": 0}  # idempotent
+    assert store.recover() == {"rolled_forward": 0, "removed": 0, "quarantined": 0}  # idempotent
 
 
 def test_recover_deletes_files_no_record_names_and_keeps_committed_ones(store):

@@ -72,7 +72,7 @@ def test_loader_worker_processes_give_the_same_shard_batches(tiny, tiny_data):
     data, recipe, valid_idx = tiny_data
     with_workers = build_dataloaders(data, recipe, valid_idx, num_workers=1)
     one, two = (sharded_train_dl(d.train, rank=1, world_size=2, seed=3) for d in (dls, with_workers))
-    assert two.fake_l.num_workers == 1 and two.fake_l.persistent_workers
+    assert two.fake_l.num_workers == 1
     one.after_batch = two.after_batch = Pipeline(one.after_batch.fs[:1])  # IntToFloatTensor only
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -32,10 +32,11 @@ def test_gpu_worker_cpus_come_from_the_gpu_nodes_and_cpu_workers_fit_one_node():
         TrainOptions(csv="c", images="i", out="o", workers=2),
     )
     head, gpu_node, big_cpu_node = {"CPU": 16}, {"CPU": 8, "GPU": 1}, {"CPU": 32}
-    # a share of all CPUs (56 / 2 = 28) would not fit the 8-CPU GPU nodes: Ray Train would wait forever
-    assert cpus_per_worker(gpu, [head, gpu_node, gpu_node, big_cpu_node]) == 8
-    assert cpus_per_worker(gpu, [head, {"CPU": 48, "GPU": 4}, gpu_node]) == 8  # the smallest share per GPU
-    assert cpus_per_worker(gpu, [head]) == 4  # no GPU node up yet (autoscaling): the documented default
+    # a share of all CPUs (56 / 2 = 28) would not fit the 8-CPU GPU nodes: Ray Train would wait forever;
+    # one CPU of each GPU node stays out of the request (cluster.GPU_NODE_FREE_CPUS)
+    assert cpus_per_worker(gpu, [head, gpu_node, gpu_node, big_cpu_node]) == 7
+    assert cpus_per_worker(gpu, [head, {"CPU": 48, "GPU": 4}, gpu_node]) == 7  # the smallest share per GPU
+    assert cpus_per_worker(gpu, [head]) == 3  # no GPU node up yet (autoscaling): the documented default
     assert cpus_per_worker(cpu, [{"CPU": 4}, {"CPU": 4}, {"CPU": 4}, {"CPU": 4}]) == 4  # 16 / 2 = 8 > one node
     assert cpus_per_worker(cpu, [{"CPU": 16}, {"CPU": 16}]) == 16
 

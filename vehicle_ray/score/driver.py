@@ -3,15 +3,17 @@
 The steps, in the order `score` runs them: validate options and model (no Ray yet), take the output's
 lease (lease.py) and recover what a crashed run left (store.py), list the input into a manifest
 (listing.py), plan the actor pool (planning.py), then stream the Ray Data pipeline
-read_parquet → map_batches(decode_batch) → map_batches(Predictor) into the driver, which commits
-every --commit-every files as one chunk under the exactly-once protocol (store.py). A small listing on
+read_parquet → map_batches(decode_batch) → map_batches(Predictor) into the driver, whose chunk writer
+(chunk_writer.py) commits every --commit-every files or --commit-interval seconds as one chunk under
+the exactly-once protocol (store.py). A small listing on
 no cluster (--in-process-up-to) runs the same decode_batch and Predictor in this process instead,
 into the same commits: Ray's start-up would cost more than the scoring.
 
 Why the driver writes instead of `write_parquet`: the commit has to follow the rows, chunk by chunk,
 while one pipeline (one actor pool, models loaded once) streams the whole dump; a prediction row is
 ~200 bytes, so the driver handles millions of them per hour without noticing. A run killed at any
-moment loses at most the chunk in flight; an --incremental rerun continues where it stopped.
+moment loses at most the chunk in flight (about --commit-interval seconds of work); an --incremental
+rerun continues where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,12 +37,13 @@ from vehicle_ray.artifact import open_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
 from vehicle_ray.decision import decision_policy
-from vehicle_ray.errors import DriftAlert, InputError
+from vehicle_ray.errors import DriftAlert, InputError, ResourcesUnavailable
 from vehicle_ray.monitoring import RunMonitor, drift_of
+from vehicle_ray.score.chunk_writer import ChunkWriter
 from vehicle_ray.score.decode import decode_batch
 from vehicle_ray.score.done_index import path_hashes
 from vehicle_ray.score.lease import Lease, lease_backend
-from vehicle_ray.score.listing import iter_listing, write_manifest
+from vehicle_ray.score.listing import ListingStats, iter_listing, listing_key, write_listing
 from vehicle_ray.score.model import ModelSpec, pass_files, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.planning import (
@@ -82,6 +85,7 @@ class ScoreSummary:
     resources: dict = field(default_factory=dict)
     chunks: int = 0
     commit_every: int = 0
+    commit_interval: float = 0.0
     calibration: dict = field(default_factory=dict)  # applied (bool) and the temperature
     decision: dict = field(default_factory=dict)  # the decision policy (DecisionPolicy.describe)
     monitoring: dict = field(default_factory=dict)  # class rates, confidence, error rate, drift, flags
@@ -89,10 +93,14 @@ class ScoreSummary:
     model_registry_version: str | None = None
     timings: dict = field(default_factory=dict)  # Timeline.as_dict(): start-up phases, steady state, commits
     exact_decode: bool = False  # --exact-decode: every JPEG decoded in full (else large ones at reduced scale)
+    listing: dict = field(default_factory=dict)  # how the input was listed: mode, watermark, entries, requests
+    deferred: int = 0  # transient read failures: not done, scored by the next --incremental run
+    retried_errors: int = 0  # --retry-errors: committed error rows listed to be scored again
 
     def line(self) -> str:
+        deferred = f"{self.deferred} deferred, " if self.deferred else ""
         return (
-            f"scored {self.scored} of {self.files_seen} files ({self.errors} errors, {self.skipped_done} "
+            f"scored {self.scored} of {self.files_seen} files ({self.errors} errors, {deferred}{self.skipped_done} "
             f"skipped as already done) in {self.wall_seconds:.1f}s, {self.images_per_second:.1f} images/s; "
             f"run {self.run_id} -> {self.output}"
         )
@@ -129,10 +137,11 @@ def score(
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
         open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
     timeline.mark("model_ready")
-    root, chunks = iter_listing(source, images, opts)
+    root, chunks, listing = iter_listing(source, images, opts, watermark=_watermarks(output, opts))
     first = next(chunks, None)
-    if first is None:
+    if first is None and (listing is None or listing.after is None):
         raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
+    first = first or []  # nothing above the watermark: nothing new tonight (deferred files may still be owed)
     second = next(chunks, None)  # a listing of one chunk is small enough to count before deciding on Ray
     chunks = itertools.chain([first], [second] if second is not None else [], chunks)
     elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
@@ -145,26 +154,28 @@ def score(
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
         timeline.mark("lease_taken")
         plan = local or _ray_plan(root, output, images, opts, elastic, timeline)
-        recovered = store.recover()
+        recovered = store.recover(lease)
         if any(recovered.values()):
             logger.info(
                 f"recovered the output: {recovered['rolled_forward']} committed files moved into place, "
-                f"{recovered['removed']} uncommitted files removed"
+                f"{recovered['removed']} uncommitted files removed, {recovered['quarantined']} commit records "
+                "quarantined (their data was gone; their files are scored again)"
             )
         if opts.overwrite:
-            store.clear()
+            store.clear(lease)
         elif store.committed_runs() and not opts.incremental:
             raise InputError(
                 f"{output} already holds scored runs; pass --incremental to score only new files, "
                 "or --overwrite to start again"
             )
-        with store.done_index() if opts.incremental else contextlib.nullcontext() as done:
-            manifest, listed, new = write_manifest(store, run_id, root, chunks, done.contains if done else None)
+        with store.done_index(lease) if opts.incremental else contextlib.nullcontext() as done:
+            manifest, listed, new, pending = write_listing(store, run_id, root, chunks, done, opts.retry_errors)
+        store = store.retrying(pending.retried)  # --retry-errors: commits replace the old error rows
         timeline.mark("manifest_written")
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
             f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
-            f"committing every {opts.commit_every} files"
+            f"committing every {opts.commit_every} files or {opts.commit_interval:g}s"
         )
         ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
         monitor = RunMonitor(spec.classes)
@@ -190,10 +201,11 @@ def score(
             else []
         )
         scored, errors = sum(c.predictions for c in committed), sum(c.errors for c in committed)
-        if scored + errors != new:
+        deferred = sum(c.deferred for c in committed)
+        if scored + errors + deferred != new:
             raise RuntimeError(
                 f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
-                "errors were committed; the next --incremental run scores the rest"
+                f"errors + {deferred} deferred were committed; the next --incremental run scores the rest"
             )
         timeline.mark("done")
         wall = timeline.marks["done"]
@@ -205,6 +217,8 @@ def score(
             files_seen=new,
             scored=scored,
             errors=errors,
+            deferred=deferred,
+            retried_errors=len(pending.retried),
             wall_seconds=round(wall, 3),
             images_per_second=round(new / wall, 2),
             model_id=spec.model_id,
@@ -213,6 +227,7 @@ def score(
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
+            commit_interval=opts.commit_interval,
             calibration={"applied": temperature is not None, "temperature": temperature},
             decision=served["policy"].describe(spec.classes),
             monitoring=monitor.summary(new, errors, reference),
@@ -220,8 +235,9 @@ def score(
             model_registry_version=spec.registry_version,
             timings=timeline.as_dict(),
             exact_decode=opts.exact_decode,
+            listing=_listing_record(root, listing, opts),
         )
-        store.finish_run(run_id, asdict(summary), committed)
+        store.finish_run(run_id, asdict(summary), committed, lease)
     drift = drift_of(asdict(summary))
     if opts.fail_on_drift is not None and drift is not None and drift > opts.fail_on_drift:
         raise DriftAlert(
@@ -231,6 +247,33 @@ def score(
             summary,
         )
     return summary
+
+
+def _watermarks(output: str | Path, opts: ScoreOptions) -> Callable[[str], str | None] | None:
+    """Where the previous runs stopped listing (--incremental on an existing output only; read
+    before the lease: a watermark any finished run wrote is safe to list from)."""
+    if not opts.incremental:
+        return None
+    try:
+        return OutputStore.open_existing(output).listing_watermark
+    except InputError:
+        return None
+
+
+def _listing_record(root: ImageRoot, listing: ListingStats | None, opts: ScoreOptions) -> dict:
+    """summary.json's `listing`, and what finish_run keeps as the next run's watermark."""
+    if listing is None:
+        return {"mode": "csv"}
+    return {
+        "mode": "full" if listing.after is None else "from_watermark",
+        "key": listing_key(root, opts.glob),
+        "root": root.uri,
+        "glob": opts.glob,
+        "after": listing.after,
+        "watermark": max(filter(None, (listing.after, listing.last)), default=None),
+        "entries": listing.entries,
+        "requests": listing.requests,
+    }
 
 
 def _ray_plan(
@@ -273,7 +316,7 @@ def _dataset(
     # (actor pool: max_restarts=-1, max_task_retries=-1). _SeenPaths checks that no row comes twice.
     # An actor lost while it loads the model is replaced too (max_consecutive_actor_init_deaths,
     # set in _configure_data_context), a few times in a row, so a broken model still fails the run.
-    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=0.5, fn_kwargs=decode)
+    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=plan.decode_cpus, fn_kwargs=decode)
     compute = (
         ray.data.ActorPoolStrategy(size=plan.actors)
         if plan.fixed
@@ -356,25 +399,12 @@ def _score_in_chunks(
     ran: dict[str, set[str]],
     timeline: Timeline,
 ) -> list[ChunkCommit]:
-    """Stream the pipeline's rows into the driver and commit every `opts.commit_every` of them;
+    """Stream the pipeline's rows into the driver's chunk writer (commits by count and by time);
     `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row, `ran`
     collects the precisions the actors recorded and `timeline` when rows arrived and what commits cost."""
-    committed: list[ChunkCommit] = []
     seen = _SeenPaths()
-    pending: list[pa.Table] = []
-    errors = 0
+    writer = ChunkWriter(store, run_id, lease, opts.commit_every, opts.commit_interval, timeline)
     progress = Progress(total, interval=opts.progress_interval)
-
-    def commit(rows: pa.Table) -> None:
-        nonlocal errors
-        started = time.perf_counter()
-        if lease is not None:
-            lease.check()
-        record = store.stage_chunk(run_id, len(committed) + 1, rows)
-        store.commit_chunk(record)
-        timeline.add_commit(time.perf_counter() - started)
-        committed.append(record)
-        errors += record.errors
 
     wait = -1.0
     decode, predictor = _decode_kwargs(root, spec, opts), _predictor_kwargs(spec, tta, plan, opts, served)
@@ -389,29 +419,21 @@ def _score_in_chunks(
     timeline.mark("pipeline_started")
     try:
         for batch in batches:
-            pending.append(seen.drop_repeats(batch))
+            rows = seen.drop_repeats(batch)
             timeline.rows(seen.count)
-            monitor.update(
-                pending[-1].column("label").to_pylist(),
-                pending[-1].column("confidence").to_numpy(),
-            )
+            monitor.update(rows.column("label").to_pylist(), rows.column("confidence").to_numpy())
             for column in ("tta_plain_precision", "tta_aug_precision"):  # a GPU actor: bf16 or fp16
                 ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
-            while sum(t.num_rows for t in pending) >= opts.commit_every:
-                rows = pa.concat_tables(pending)
-                commit(rows.slice(0, opts.commit_every))
-                pending = [rows.slice(opts.commit_every)]
-            progress.update(seen.count, errors + sum(_error_count(t) for t in pending), len(committed))
+            writer.add(rows)
+            progress.update(seen.count, writer.errors + writer.pending_errors, len(writer.committed))
     except ray.exceptions.GetTimeoutError as exc:  # Ray Data's own wait, should the cluster shrink meanwhile
         if "starting actors" not in str(exc):
             raise
-        raise InputError(_no_actor_message(plan, wait)) from None
-    rest = pa.concat_tables(pending) if pending else None
-    if rest is not None and rest.num_rows:
-        commit(rest)
-    progress.update(seen.count, errors, len(committed))
+        raise ResourcesUnavailable(_no_actor_message(plan, wait)) from None
+    writer.flush()
+    progress.update(seen.count, writer.errors, len(writer.committed))
     progress.close()
-    return committed
+    return writer.committed
 
 
 def _actor_bundle(plan: Plan) -> dict[str, float]:
@@ -437,13 +459,9 @@ def _wait_for_first_actor(plan: Plan, wait: float) -> None:
                 f"(cluster now: {ray.available_resources()})"
             )
             if not pg.wait(timeout_seconds=wait):
-                raise InputError(_no_actor_message(plan, wait))
+                raise ResourcesUnavailable(_no_actor_message(plan, wait))
     finally:
         ray.util.remove_placement_group(pg)
-
-
-def _error_count(rows: pa.Table) -> int:
-    return rows.num_rows - rows.column("error").null_count
 
 
 class _SeenPaths:

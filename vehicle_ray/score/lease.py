@@ -3,7 +3,14 @@
 Scheduled scoring fires every night whether or not last night's run has finished; two writers on one
 OUT would score every file twice and one's clean-up could delete the other's staged chunks. The lease
 makes the second run wait (`--wait`) or stop with TryLater (exit 75, EX_TEMPFAIL). A holder that died
-stops refreshing; once its heartbeat is older than the lease's TTL, the next run takes it over.
+stops refreshing; once a contender has seen the lease unchanged for the TTL on its own monotonic
+clock, it takes it over. No decision compares two machines' clocks: the holder's wall-clock heartbeat
+is only a hint for how long a contender is worth waiting (a lease that looks abandoned is watched for
+one TTL even past --wait), so a contender whose clock is minutes ahead never takes a live lease.
+
+Each acquisition has its own token. A take-over also names the tokens to fence: the stale holder's,
+and those it had not fenced yet. The store writes a fence per token (store.py) that freezes what that
+holder committed, so a holder that wakes up after losing its lease can never add a commit.
 
 Every change of the lease file is a compare-and-swap, so two contenders can never both win:
 * local paths (and shared mounts): exclusive create (O_EXCL) for a new lease; take-over and refresh
@@ -28,11 +35,17 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
-from vehicle_ray.errors import InputError, TryLater
+from vehicle_ray.errors import InputError, LeaseLost, TryLater
+from vehicle_ray.score import durable
 
 LEASE_FILE = "_lease.json"
 DEFAULT_TTL_S = 120.0  # a heartbeat every TTL/4: a live holder is never more than ~30 s behind
-MUTEX_STALE_S = 30.0  # the local mutex is held for milliseconds; older means its holder died inside
+MUTEX_STALE_S = 30.0  # the local mutex is held for milliseconds; longer means its holder died inside
+POLL_S = 2.0  # a waiting contender's look at the lease: a few cheap reads a minute
+
+# Wall-clock time for the record's stamps (since, heartbeat) and messages, never for a decision;
+# tests skew it.
+wall_clock = time.time
 
 logger = logging.getLogger(__name__)
 
@@ -46,25 +59,36 @@ class LeaseRecord:
     heartbeat: float
     ttl: float
     pid_space: str = ""  # boot id + PID namespace of the holder: where its pid means something
+    fences: tuple[str, ...] = ()  # tokens of holders this one took over (fenced by its store recovery)
 
-    def stale(self, now: float) -> bool:
-        """Its heartbeat is older than the TTL, or its process is gone from this very machine and PID
-        namespace (a run killed here a minute ago need not be waited for; a container that shares
-        the host name but not the PID namespace is not mistaken for dead)."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fences", tuple(self.fences))  # JSON gives a list
+
+    def dead_here(self) -> bool:
+        """Its process is gone from this very machine and PID namespace: a run killed here a minute
+        ago need not be waited for (a container that shares the host name but not the PID namespace
+        is not mistaken for dead)."""
         pid = int(self.holder.rpartition(":")[2])
-        return now - self.heartbeat > self.ttl or (self.pid_space == pid_space() != "" and not _alive(pid))
+        return self.pid_space == pid_space() != "" and not _alive(pid)
+
+    def to_fence(self) -> tuple[str, ...]:
+        """What a take-over of this record must fence: this holder and whoever it took over."""
+        return (self.token, *self.fences)
 
     def encode(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
 
 
 class LeaseBackend(Protocol):
-    """Compare-and-swap on one small file. `version` is whatever identifies the current content."""
+    """Compare-and-swap on one small file. `version` is whatever identifies the current content;
+    `create` and `swap` return the version they wrote, or None when the condition failed."""
 
     def read(self) -> tuple[LeaseRecord, str] | None: ...
-    def create(self, record: LeaseRecord) -> bool: ...
-    def swap(self, record: LeaseRecord, expected_version: str) -> bool: ...
+    def create(self, record: LeaseRecord) -> str | None: ...
+    def swap(self, record: LeaseRecord, expected_version: str) -> str | None: ...
     def delete(self, expected_version: str) -> None: ...
+    def create_beside(self, name: str, data: bytes) -> bool: ...
+    def read_beside(self, name: str) -> bytes | None: ...
 
 
 def pid_space() -> str:
@@ -94,54 +118,91 @@ class LocalLeaseBackend:
     def __init__(self, path: Path):
         self.path, self.mutex = path, path.with_suffix(".lock")
 
+    @staticmethod
+    def _version(record: LeaseRecord) -> str:
+        return record.token + str(record.heartbeat)
+
     def read(self) -> tuple[LeaseRecord, str] | None:
         try:
             record = _decode(self.path.read_bytes())
         except FileNotFoundError:
             return None
-        return record, record.token + str(record.heartbeat)
+        return record, self._version(record)
 
-    def create(self, record: LeaseRecord) -> bool:
-        """Written completely under a temp name, then linked into place (atomic, fails if it exists):
-        a reader never sees an empty or half-written lease."""
+    def _write_temp(self, record: LeaseRecord) -> Path:
         tmp = self.path.with_suffix(f".{record.token}.tmp")
-        tmp.write_bytes(record.encode())
+        durable.write_file(tmp, record.encode())
+        return tmp
+
+    def create(self, record: LeaseRecord) -> str | None:
+        """Written completely (and synced) under a temp name, then linked into place (atomic, fails
+        if it exists): a reader never sees an empty or half-written lease, not after a power cut either."""
+        tmp = self._write_temp(record)
         try:
             os.link(tmp, self.path)
         except FileExistsError:
-            return False
+            return None
         finally:
             tmp.unlink()
-        return True
+        durable.sync_dir(self.path.parent)
+        return self._version(record)
 
-    def swap(self, record: LeaseRecord, expected_version: str) -> bool:
+    def swap(self, record: LeaseRecord, expected_version: str) -> str | None:
         with self._mutex():
             current = self.read()
             if current is None or current[1] != expected_version:
-                return False
-            tmp = self.path.with_suffix(f".{record.token}.tmp")
-            tmp.write_bytes(record.encode())
-            os.replace(tmp, self.path)
-            return True
+                return None
+            durable.replace(self._write_temp(record), self.path)
+            return self._version(record)
 
     def delete(self, expected_version: str) -> None:
         with self._mutex():
             current = self.read()
             if current is not None and current[1] == expected_version:
                 self.path.unlink()
+                durable.sync_dir(self.path.parent)
+
+    def create_beside(self, name: str, data: bytes) -> bool:
+        """Create OUT/`name` once (a fence): False when it exists. Synced, then linked into place."""
+        target = self.path.parent / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        durable.write_file(tmp, data)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        durable.sync_dir(target.parent)
+        return True
+
+    def read_beside(self, name: str) -> bytes | None:
+        try:
+            return (self.path.parent / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     @contextlib.contextmanager
     def _mutex(self) -> Iterator[None]:
-        """An exclusive mkdir: held for the milliseconds of one read-compare-replace."""
+        """An exclusive mkdir: held for the milliseconds of one read-compare-replace. A mutex seen
+        unchanged (same inode and mtime) for MUTEX_STALE_S on this process's monotonic clock is
+        broken: its holder died inside. Never a comparison with the file server's clock."""
         deadline = time.monotonic() + 2 * MUTEX_STALE_S
+        seen: tuple[tuple[int, int], float] | None = None  # (inode, mtime) and when first seen
         while True:
             try:
                 os.mkdir(self.mutex)
                 break
             except FileExistsError:
                 with contextlib.suppress(FileNotFoundError):
-                    if time.time() - self.mutex.stat().st_mtime > MUTEX_STALE_S:
+                    st = self.mutex.stat()
+                    identity = (st.st_ino, st.st_mtime_ns)
+                    if seen is None or seen[0] != identity:
+                        seen = (identity, time.monotonic())
+                    elif time.monotonic() - seen[1] > MUTEX_STALE_S:
                         os.rmdir(self.mutex)  # its holder died inside the critical section
+                        seen = None
                         continue
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"lease mutex {self.mutex} stuck") from None
@@ -169,23 +230,49 @@ class S3LeaseBackend:
             return None
         return _decode(obj["Body"].read()), obj["ETag"]
 
-    def create(self, record: LeaseRecord) -> bool:
+    def _put(self, key: str, body: bytes, **condition: str) -> str | None:
+        """A conditional PUT: the new ETag, or None when the store refused the condition."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=record.encode(), IfNoneMatch="*")
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)["ETag"]
         except Exception as exc:
             if self._precondition_failed(exc):
-                return False
+                return None
             raise
-        return True
 
-    def swap(self, record: LeaseRecord, expected_version: str) -> bool:
+    def create(self, record: LeaseRecord) -> str | None:
+        return self._put(self.key, record.encode(), IfNoneMatch="*")
+
+    def swap(self, record: LeaseRecord, expected_version: str) -> str | None:
+        return self._put(self.key, record.encode(), IfMatch=expected_version)
+
+    def _beside(self, name: str) -> str:
+        return f"{self.key.rpartition('/')[0]}/{name}".lstrip("/")
+
+    def create_beside(self, name: str, data: bytes) -> bool:
+        """Create OUT/`name` once (a fence): False when it exists (If-None-Match: *)."""
+        return self._put(self._beside(name), data, IfNoneMatch="*") is not None
+
+    def read_beside(self, name: str) -> bytes | None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=record.encode(), IfMatch=expected_version)
-        except Exception as exc:
-            if self._precondition_failed(exc):
-                return False
-            raise
-        return True
+            return self.client.get_object(Bucket=self.bucket, Key=self._beside(name))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def probe(self) -> None:
+        """Refuse a store that ignores conditional writes (some older S3-compatible gateways accept
+        If-None-Match/If-Match and overwrite anyway): there the lease and the fences would be no lease
+        at all. Three small requests per run, on a key beside the lease."""
+        key = self._beside("_lease.probe")
+        etag = self._put(key, b"probe")
+        ignored = self._put(key, b"again", IfNoneMatch="*") is not None
+        ignored = ignored or self._put(key, b"again", IfMatch=f'"{uuid.uuid4().hex}"') is not None
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+        if ignored or etag is None:
+            raise InputError(
+                f"s3://{self.bucket}/{key}: this store ignores conditional writes (If-None-Match/If-Match), "
+                "so one writer per output cannot be guaranteed; use a store that honours them, or pass "
+                "--no-lease if nothing else ever writes to this output"
+            )
 
     def delete(self, expected_version: str) -> None:
         current = self.read()  # S3 general-purpose buckets have no conditional delete: check, then delete
@@ -210,112 +297,170 @@ class Lease:
     """Held for one run: acquire (wait up to `wait` seconds), heartbeat in a thread, release.
 
     `check()` before each commit: a holder that lost its lease (it was frozen for longer than the TTL
-    and someone took over) must stop before writing anything else."""
+    and someone took over) must stop before writing anything else. The store's fence (store.py)
+    refuses the commits such a holder still attempts after a check. `taken_over` lists the tokens
+    this acquisition must fence before it recovers the output."""
 
     def __init__(self, backend: LeaseBackend, run_id: str, ttl: float = DEFAULT_TTL_S):
         self.backend, self.ttl = backend, ttl
-        now = time.time()
         self.record = LeaseRecord(
             token=uuid.uuid4().hex,
             holder=f"{socket.gethostname()}:{os.getpid()}",
             run_id=run_id,
-            since=now,
-            heartbeat=now,
+            since=0.0,
+            heartbeat=0.0,
             ttl=ttl,
             pid_space=pid_space(),
         )
         self.version: str | None = None
         self.lost: str | None = None
+        self.taken_over: tuple[str, ...] = ()
+        self.fenced = False  # the store wrote the fences of `taken_over` (store.fence)
         self._refreshed = time.monotonic()  # the last time the store confirmed the lease is ours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self, wait: float = 0.0, poll: float = 2.0) -> None:
+    @property
+    def token(self) -> str:
+        return self.record.token
+
+    def acquire(self, wait: float = 0.0, poll: float = POLL_S) -> None:
+        """Take the lease, waiting up to `wait` seconds for its holder to release it or go silent.
+        A lease whose heartbeat looks older than its TTL (a hint only: clocks differ) is watched for
+        its TTL even past `wait`, so a dead holder's lease is taken over without --wait too."""
+        if isinstance(self.backend, S3LeaseBackend):
+            self.backend.probe()
         deadline = time.monotonic() + wait
+        watch = _Watch()
         while True:
-            held = self._try_acquire()
+            held = self._try_acquire(watch)
             if held is None:
                 self._thread = threading.Thread(target=self._heartbeat, name="vehicle-ray-lease", daemon=True)
                 self._thread.start()
                 return
+            if watch.first_look(held):
+                deadline = max(deadline, watch.since + held.ttl + poll)
             if time.monotonic() >= deadline:
-                age = time.time() - held.heartbeat
                 raise TryLater(
                     f"another run holds the output (run {held.run_id} on {held.holder}, since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held.since))} UTC, heartbeat "
-                    f"{age:.0f}s ago); try later, or pass --wait SECONDS"
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held.since))} UTC, its lease refreshed "
+                    f"within the last {held.ttl:g}s); try later, or pass --wait SECONDS"
                 )
             time.sleep(min(poll, max(0.1, deadline - time.monotonic())))
 
-    def _try_acquire(self) -> LeaseRecord | None:
+    def _try_acquire(self, watch: _Watch) -> LeaseRecord | None:
         """None when acquired; otherwise the live holder's record."""
-        if self.backend.create(self.record):
-            self.version = self._version_of_mine()
-            if self.version is not None:
-                return None
+        version = self.backend.create(self._fresh(since=True))
+        if version is not None:
+            return self._acquired(version, ())
         current = self.backend.read()
         if current is None:  # released between our create and read: try again at once
-            return self._try_acquire()
+            return self._try_acquire(watch)
         held, version = current
-        if not held.stale(time.time()):
+        if not (held.dead_here() or watch.unchanged_for(version, held.ttl)):
             return held
-        if self.backend.swap(self._fresh(), version):
-            logger.info(
-                f"took over a stale lease of run {held.run_id} on {held.holder} "
-                f"(heartbeat {time.time() - held.heartbeat:.0f}s ago)"
-            )
-            self.version = self._version_of_mine()
-            if self.version is not None:
-                return None
-        return self._try_acquire()  # someone else changed it first: look again
+        mine = self.backend.swap(self._fresh(since=True, fences=held.to_fence()), version)
+        if mine is None:
+            return self._try_acquire(watch)  # someone else changed it first: look again
+        logger.info(
+            f"took over the lease of run {held.run_id} on {held.holder}: "
+            + ("its process is gone" if held.dead_here() else f"unchanged for {held.ttl:g}s")
+        )
+        return self._acquired(mine, held.to_fence())
 
-    def _fresh(self) -> LeaseRecord:
-        self.record = LeaseRecord(**{**asdict(self.record), "heartbeat": time.time()})
+    def _acquired(self, version: str, taken_over: tuple[str, ...]) -> None:
+        self.version, self.taken_over = version, taken_over
+        self._refreshed = time.monotonic()  # confirmed now: a run that waited starts with a fresh lease
+        return None
+
+    def _fresh(self, since: bool = False, fences: tuple[str, ...] | None = None) -> LeaseRecord:
+        """This holder's record stamped now (`since`: the acquisition's own moment, not the object's
+        construction: a run that waited an hour must not start with an hour-old heartbeat)."""
+        now = wall_clock()
+        changes: dict = {"heartbeat": now, **({"since": now} if since else {})}
+        if fences is not None:
+            changes["fences"] = fences
+        self.record = LeaseRecord(**{**asdict(self.record), **changes})
         return self.record
-
-    def _version_of_mine(self) -> str | None:
-        current = self.backend.read()
-        return current[1] if current is not None and current[0].token == self.record.token else None
 
     def _heartbeat(self) -> None:
         """Refresh every TTL/4. A failed refresh (a store hiccup) is retried at the next beat; a
         refused one means someone else holds the lease now."""
         while not self._stop.wait(self.ttl / 4):
             try:
-                swapped = self.version is not None and self.backend.swap(self._fresh(), self.version)
-                if swapped:
-                    self.version = self._version_of_mine()
-                    self._refreshed = time.monotonic()
+                version = self.backend.swap(self._fresh(), self.version) if self.version is not None else None
             except Exception as exc:  # noqa: BLE001 - any store error: try again at the next beat
                 logger.warning(f"could not refresh the output's lease ({type(exc).__name__}: {exc}); retrying")
                 continue
-            if not swapped or self.version is None:
-                self.lost = "the lease was taken over by another run (this run stalled beyond its TTL)"
+            if version is None:
+                self.lost = "another run took the output's lease over (this run stalled beyond its TTL)"
                 logger.warning(f"lease lost: {self.lost}")
                 return
+            self.version, self._refreshed = version, time.monotonic()
 
     def check(self) -> None:
         """Before every commit: the lease must be ours and confirmed within half its TTL, so that a
         run that stalled (or whose heartbeat could not reach the store) never commits over a run
         that took the lease over meanwhile."""
         if self.lost:
-            raise RuntimeError(f"stopping before the next commit: {self.lost}")
-        if self.version is None or time.monotonic() - self._refreshed > self.ttl / 2:
-            raise RuntimeError(
-                "stopping before the next commit: the output's lease has not been confirmed for "
-                f"{time.monotonic() - self._refreshed:.0f}s (TTL {self.ttl:g}s)"
+            raise LeaseLost(f"stopping before the next commit: {self.lost}")
+        unconfirmed = time.monotonic() - self._refreshed
+        if self.version is None or unconfirmed > self.ttl / 2:
+            raise LeaseLost(
+                f"stopping before the next commit: the output's lease has not been confirmed for "
+                f"{unconfirmed:.0f}s (TTL {self.ttl:g}s)"
             )
 
+    def confirm(self) -> None:
+        """Before a destructive step (recover's deletions, clear, compaction, the run record): read
+        the lease now; LeaseLost unless it is still ours."""
+        current = self.backend.read()
+        if current is None or current[0].token != self.token:
+            self.lost = self.lost or "another run took the output's lease over (this run stalled beyond its TTL)"
+            raise LeaseLost(f"stopping: {self.lost}")
+
     def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still ours; LeaseLost when it was lost,
+        so a run that lost its lease never ends as a success. A take-over whose fences were not
+        written yet keeps its lease (to expire): the next take-over inherits the tokens to fence."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.version is not None and not self.lost:
-            self.backend.delete(self.version)
-        self.version = None
+        version, self.version = self.version, None
+        if self.lost:
+            raise LeaseLost(f"this run lost the output's lease: {self.lost}")
+        if version is not None and (self.fenced or not self.taken_over):
+            self.backend.delete(version)
 
     def __enter__(self) -> Lease:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.release()
+            return
+        with contextlib.suppress(LeaseLost):  # the exception already on its way says more
+            self.release()
+
+
+class _Watch:
+    """A contender's own observation of the lease: which version it saw, and since when on its
+    monotonic clock. Staleness is "unchanged for the TTL as this process measured it"."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.since = time.monotonic()
+        self._looked = False
+
+    def unchanged_for(self, version: str, ttl: float) -> bool:
+        if version != self.version:
+            self.version, self.since = version, time.monotonic()
+        return time.monotonic() - self.since >= ttl
+
+    def first_look(self, held: LeaseRecord) -> bool:
+        """True once: at the first look at a lease whose heartbeat stamp (the holder's clock) is
+        older than its TTL, i.e. a lease worth watching for one TTL before giving up."""
+        if self._looked:
+            return False
+        self._looked = True
+        return wall_clock() - held.heartbeat > held.ttl

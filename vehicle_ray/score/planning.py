@@ -21,6 +21,13 @@ MIN_READ_AHEAD_BYTES = 256 * 2**20
 GPU_PRECISION = "bf16"
 GPU_PRECISION_NOTE = "bf16 or fp16 by GPU capability"
 READ_AHEAD_BATCHES = 8  # decoded batches per actor that may wait in the object store
+# CPUs per decode task. Next to CPU actors, half a CPU: the request must differ from the actors' own or
+# Ray Data fuses decoding into the actor (fusion needs equal remote args), and the actors' threads cover
+# the node anyway. Next to GPU actors, a whole one: a decode task is one busy Python thread (Pillow), and
+# at half a CPU a 16-CPU 1-GPU node would run 30 of them on the 15 CPUs beside the 1-CPU actor, starving
+# its Python glue (issue #26); there num_gpus already keeps the two operators apart.
+DECODE_CPUS_BESIDE_CPU_ACTORS = 0.5
+DECODE_CPUS_BESIDE_GPU_ACTORS = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Plan:
     gpus_per_actor: float
     threads: int
     in_process: bool = False  # a small local run: decode and model in the driver's process, no Ray
+    decode_cpus: float = DECODE_CPUS_BESIDE_CPU_ACTORS  # each decode task's CPU request
 
     @property
     def fixed(self) -> bool:
@@ -61,6 +69,7 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
             cpus_per_actor=cpus,
             gpus_per_actor=opts.gpus_per_actor,
             threads=max(1, int(cpus)),
+            decode_cpus=decode_cpus(opts),
         )
     if opts.gpus_per_actor > 0:
         if total_gpu < opts.gpus_per_actor:
@@ -76,10 +85,25 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
             f"{actors} actors x {cpus:g} CPUs leaves no CPU for reading and decoding on a "
             f"{total_cpu:g}-CPU cluster; lower --actors or --cpus-per-actor"
         )
-    threads = max(1, int(opts.cpus_per_actor)) if opts.cpus_per_actor else max(1, int(total_cpu // actors))
+    if opts.cpus_per_actor or opts.gpus_per_actor:
+        # A GPU actor's CPU work is glue (batches onto the GPU, rows back): its own CPUs' worth of torch
+        # threads, not the node's (16 on a 16-CPU node, competing with every decode task there).
+        threads = max(1, int(cpus))
+    else:
+        threads = max(1, int(total_cpu // actors))
     return Plan(
-        actors=actors, max_actors=actors, cpus_per_actor=cpus, gpus_per_actor=opts.gpus_per_actor, threads=threads
+        actors=actors,
+        max_actors=actors,
+        cpus_per_actor=cpus,
+        gpus_per_actor=opts.gpus_per_actor,
+        threads=threads,
+        decode_cpus=decode_cpus(opts),
     )
+
+
+def decode_cpus(opts: ScoreOptions) -> float:
+    """Each decode task's CPU request: DECODE_CPUS_BESIDE_GPU_ACTORS on GPU plans, else the CPU plans' half."""
+    return DECODE_CPUS_BESIDE_GPU_ACTORS if opts.gpus_per_actor else DECODE_CPUS_BESIDE_CPU_ACTORS
 
 
 def in_process_plan(listed: int | None, opts: ScoreOptions, cpus: int, on_cluster: bool) -> Plan | None:

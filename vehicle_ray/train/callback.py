@@ -77,7 +77,6 @@ def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdD
         n=shard.shard_len,
         shuffle=True,
         drop_last=dl.drop_last,
-        persistent_workers=dl.fake_l.persistent_workers,  # DataLoader.new does not carry it over
     )
 
 
@@ -95,7 +94,7 @@ def rows_dl(dl: TfmdDL, rows: range, **kwargs) -> TfmdDL:
 def sharded_valid_dl(dl: TfmdDL, rank: int, world_size: int) -> TfmdDL:
     """A copy of fastai's validation DataLoader that iterates only this rank's `rank_rows`, and whose
     batches' metric values stay on this rank (ShardedValidation merges them once per epoch)."""
-    part = rows_dl(dl, rank_rows(len(dl.dataset), rank, world_size), persistent_workers=dl.fake_l.persistent_workers)
+    part = rows_dl(dl, rank_rows(len(dl.dataset), rank, world_size))
     # fastai's metrics detach every batch's values with Learner.to_detach: the DataLoader's to_detach
     # when it has one, else fastai's, which all-gathers them over the ranks whenever WORLD_SIZE is set
     # (Ray Train sets it): a collective per batch, which hangs unless every rank runs as many batches,

@@ -34,7 +34,7 @@ from vehicle_ray.artifact import open_artifact, publish, require_free_output
 from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources, require_shared_path
 from vehicle_ray.data import LABEL, LabeledSet, check_split, is_uri, read_labeled_csv, split_indices
 from vehicle_ray.decision import OperatingTarget
-from vehicle_ray.errors import InputError
+from vehicle_ray.errors import InputError, ResourcesUnavailable
 from vehicle_ray.recipe import Recipe
 from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.config import (
@@ -92,6 +92,7 @@ def cpus_per_worker(opts: TrainOptions, nodes: list[dict[str, float]]) -> float:
 
 
 def worker_resources(opts: TrainOptions, cpus: float) -> dict[str, float]:
+    """One Train worker's bundle, exactly as Ray Train places it (ScalingConfig.resources_per_worker)."""
     return {"CPU": cpus, "GPU": 1} if opts.use_gpu else {"CPU": cpus}
 
 
@@ -115,7 +116,8 @@ def resource_wait(
     start as a controller failure, without limit by default: on an autoscaling cluster the workers start
     when their nodes are up. With --wait-for-resources S the attempt lasts S seconds and no controller
     failure is retried (the driver propagates that variable to the Train controller), so the timeout
-    comes back as one InputError naming what is missing. Yields the FailureConfig to train with."""
+    comes back as one ResourcesUnavailable (exit 69, try later) naming what is missing. Yields the
+    FailureConfig to train with."""
     missing = missing_resources(opts, per_worker, cluster)
     if missing:
         until = f"up to {opts.wait_for_resources:g}s" if opts.wait_for_resources else "until they appear"
@@ -134,7 +136,7 @@ def resource_wait(
         if not isinstance(exc.controller_failure, (WorkerGroupStartupTimeoutError, InsufficientClusterResourcesError)):
             raise
         still = missing_resources(opts, per_worker, ray.cluster_resources()) or missing
-        raise InputError(
+        raise ResourcesUnavailable(
             f"gave up waiting for resources after {opts.wait_for_resources:g}s (--wait-for-resources): "
             f"{opts.workers} workers x {_describe(per_worker)} need "
             f"{', '.join(f'{k} {v:g}' for k, v in still.items()) or 'more than is free'}; "
@@ -221,7 +223,7 @@ def train(
             },
             torch_config=TorchConfig(timeout_s=int(opts.nccl_timeout)),
             scaling_config=ScalingConfig(
-                num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker={"CPU": cpus}
+                num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker=per_worker
             ),
             run_config=RunConfig(
                 name=run_name,

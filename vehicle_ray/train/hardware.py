@@ -12,13 +12,25 @@ convolutions (torch threads), so the defaults keep today's single-process loadin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from vehicle_ray.device import gpu_precision
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
+
+SHM = "/dev/shm"
+# Batches each DataLoader worker keeps ready: fastai's _FakeLoader.prefetch_factor (torch's own default).
+LOADER_PREFETCH = 2
+# Batches in /dev/shm beyond the prefetched ones, measured with the seed recipe's fastai DataLoader on CPU: peaks
+# of 6, 8 and 10 batches with 1, 2 and 3 workers (a plain torch DataLoader: 3 and 7 with 1 and 3). On a GPU the
+# batch leaves /dev/shm as soon as it is copied to the device, so this is an upper bound there.
+LOADER_HELD_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,51 @@ def worker_hardware(
         raise ValueError("a GPU worker needs its GPU's compute capability")
     workers = max(0, threads - 1) if loader_workers is None else loader_workers
     return WorkerHardware("cuda", gpu_precision(capability), workers, True, True, True)
+
+
+def loader_batch_bytes(bs: int, size: int) -> int:
+    """Shared memory one batch takes on its way from a loader worker: `bs` uint8 RGB images of `size` px
+    (the item transforms end at the resize; the float conversion and augmentation are batch transforms,
+    run later in the training process). The seed recipe's 64 images at 299 px: 17.2 MB."""
+    return bs * 3 * size * size
+
+
+def loader_shm_bytes(workers: int, batch_bytes: int) -> int:
+    """/dev/shm that `workers` DataLoader workers fill at most: LOADER_PREFETCH batches each, plus the
+    LOADER_HELD_BATCHES the training process holds."""
+    return (workers * LOADER_PREFETCH + LOADER_HELD_BATCHES) * batch_bytes if workers else 0
+
+
+def loader_workers_for_shm(workers: int, batch_bytes: int, free_bytes: int) -> int:
+    """The most DataLoader workers, up to `workers`, whose batches fit in `free_bytes` of /dev/shm (0:
+    load in the training process, which needs none)."""
+    return next((w for w in range(workers, 0, -1) if loader_shm_bytes(w, batch_bytes) <= free_bytes), 0)
+
+
+def fit_shared_memory(hardware: WorkerHardware, batch_bytes: int, sharers: int = 1) -> WorkerHardware:
+    """`hardware` with no more loader workers than this node's free /dev/shm holds, said in one line when
+    that is fewer. `sharers`: the training processes on this node, which split it.
+
+    Container runtimes give /dev/shm 64 MB unless the pod mounts a memory-backed emptyDir there (deploy/),
+    and every batch a worker process hands over passes through it: with too little, the first epoch dies
+    with a bus error or "unable to allocate shared memory". Fewer workers is the fallback because it is
+    the one that works: torch's other sharing strategy, 'file_system', allocates in /dev/shm too (seen
+    here with a plain torch DataLoader: 3 workers of 17.2 MB batches fail in a 64 MiB /dev/shm with either
+    strategy; 1 worker fits)."""
+    if hardware.loader_workers == 0 or not os.path.isdir(SHM):  # no /dev/shm (macOS): nothing to measure
+        return hardware
+    stat = os.statvfs(SHM)
+    free = stat.f_bavail * stat.f_frsize // max(1, sharers)
+    fit = loader_workers_for_shm(hardware.loader_workers, batch_bytes, free)
+    if fit < hardware.loader_workers:
+        need = loader_shm_bytes(hardware.loader_workers, batch_bytes)
+        logger.warning(
+            f"{SHM} has {free / 2**20:.0f} MiB free for this worker but {hardware.loader_workers} DataLoader "
+            f"workers need {need / 2**20:.0f} MiB ({LOADER_PREFETCH} batches each of {batch_bytes / 2**20:.1f} MiB, "
+            f"plus {LOADER_HELD_BATCHES}): using {fit}; mount a larger memory-backed {SHM}"
+        )
+        return replace(hardware, loader_workers=fit)
+    return hardware
 
 
 def use_hardware(learn, hardware: WorkerHardware) -> None:

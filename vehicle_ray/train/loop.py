@@ -39,7 +39,7 @@ from vehicle_ray.train.callback import (
     write_checkpoint,
 )
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
-from vehicle_ray.train.hardware import enter_device, plain_fp32
+from vehicle_ray.train.hardware import enter_device, fit_shared_memory, loader_batch_bytes, plain_fp32
 from vehicle_ray.train.learner import device_learner
 from vehicle_ray.train.staging import local_images
 from vehicle_ray.train.validation import distributed_validation_set
@@ -72,6 +72,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     recipe = cfg.recipe
+    hardware = fit_shared_memory(hardware, loader_batch_bytes(recipe.bs, recipe.size), ctx.get_local_world_size())
     _seed_everything(recipe.seed)
     weights = ray.get(weights_ref) if weights_ref is not None else None
     learn = device_learner(local_images(cfg.data), recipe, cfg.valid_idx, weights, device, hardware)

@@ -34,11 +34,12 @@ def _run_lr_find(
     from fastai.callback.schedule import minimum, slide, steep, valley
 
     from vehicle_ray.report.plots import pyplot
-    from vehicle_ray.train.hardware import enter_device
+    from vehicle_ray.train.hardware import enter_device, fit_shared_memory, loader_batch_bytes
     from vehicle_ray.train.learner import device_learner
     from vehicle_ray.train.staging import local_images
 
     device, hardware = enter_device(use_gpu, threads)  # first: the task may run on a GPU node it did not reserve
+    hardware = fit_shared_memory(hardware, loader_batch_bytes(recipe.bs, recipe.size))
     plt = pyplot()
 
     learn = device_learner(local_images(data), recipe, valid_idx, state_dict, device, hardware)
@@ -54,6 +55,16 @@ def _run_lr_find(
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return {k: float(v) for k, v in found._asdict().items()}, buf.getvalue()
+
+
+def task_resources(nodes: list[dict[str, float]], use_gpu: bool) -> dict[str, float]:
+    """The lr_find task's request on a cluster of `nodes` (each live node's resources): one GPU with the
+    CPUs a GPU training worker gets (`cluster.cpus_per_gpu`, which leaves a GPU node a CPU for others),
+    else every CPU of the largest node (a task cannot span nodes, so the whole cluster's CPUs could
+    never be placed)."""
+    if use_gpu:
+        return {"CPU": float(cpus_per_gpu(nodes)), "GPU": 1.0}
+    return {"CPU": float(max(1, largest_node_cpus(nodes)))}
 
 
 def find_lr(
@@ -75,11 +86,10 @@ def find_lr(
     check_split(data, train_idx)
     state_dict = pretrained_state_dict(recipe)
     init_ray()
-    # one node's worth: a task cannot span nodes, so the whole cluster's CPUs could never be placed
-    nodes = node_resources()
-    cpus = cpus_per_gpu(nodes) if use_gpu else max(1, largest_node_cpus(nodes))
-    task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0)(_run_lr_find)
-    values, png = ray.get(task.remote(data, recipe, valid_idx, state_dict, unfrozen, use_gpu, cpus))
+    resources = task_resources(node_resources(), use_gpu)
+    task = ray.remote(num_cpus=resources["CPU"], num_gpus=resources.get("GPU", 0))(_run_lr_find)
+    threads = int(resources["CPU"])
+    values, png = ray.get(task.remote(data, recipe, valid_idx, state_dict, unfrozen, use_gpu, threads))
     if not all(math.isfinite(v) and v > 0 for v in values.values()):
         raise InputError(f"lr_find produced no usable suggestion ({values}); the loss may have diverged at once")
     suggestions = LrSuggestions(**values)
