@@ -14,9 +14,10 @@ default dump is 1000 images; --images 600, --images 100 --size 64 and --dump DIR
 cases issue #17 sets targets for. --dump DIR scores
 the files of DIR instead of generated ones (e.g. bench/camera_jpegs.py's 1920x1080 JPEGs), and
 --exact-decode passes that flag to `vehicle-ray score`.
-Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K against
-one commit at the end (what the previous version did), interleaved, medians; K far below the
-default 10,000 bounds the default's cost from above.
+Optionally (--commits K) the cost of chunk commits: the same scoring with --commit-every K (--commits 0:
+the default commit flags, --commit-every 10000 --commit-interval 15) against one commit at the end,
+interleaved, medians, with the seconds the commits took (summary.json's commit_s); K far below the
+default bounds the default's cost from above.
 Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the dump (with
 --no-tta, to keep the 10x run short).
 
@@ -183,21 +184,35 @@ def count_files(images: Path) -> int:
     return sum(1 for f in images.iterdir() if f.is_file())
 
 
-def commit_cost(args, work: Path, images: Path, model: Path) -> dict:
-    """Whole-process wall time with --commit-every K vs a single commit, interleaved; medians."""
+SINGLE_COMMIT = ["--commit-every", str(10**9), "--commit-interval", str(10**9)]
+
+
+def commit_cost(args, work: Path, images: Path, model: Path, flags: list[str]) -> dict:
+    """Whole-process wall time with chunk commits (--commit-every K, or the default flags with K = 0)
+    against a single commit at the end, interleaved; medians, the commits made and the seconds they
+    took (summary.json's commit_s) as a share of the chunked run's wall time."""
+    chunked = ["--commit-every", str(args.commits)] if args.commits else []
     walls: dict[str, list[float]] = {"chunked": [], "single": []}
+    commits, commit_s = [], []
     for i in range(max(1, args.repeats)):
-        for label, every in (("chunked", args.commits), ("single", 10**9)):
-            walls[label].append(timed(score_cmd(model, images, work / f"c{label}{i}", "--commit-every", str(every)))[0])
+        for label, extra in (("chunked", chunked), ("single", SINGLE_COMMIT)):
+            out = work / f"c{label}{i}"
+            walls[label].append(timed(score_cmd(model, images, out, *flags, *extra))[0])
+            if label == "chunked":
+                summary = json.loads((out / "summary.json").read_text())
+                commits.append(summary["chunks"])
+                commit_s.append(summary["timings"]["commit_s"])
         print(
-            f"repeat {i + 1}: commit every {args.commits}: {walls['chunked'][-1]:.1f}s, "
-            f"one commit: {walls['single'][-1]:.1f}s",
+            f"repeat {i + 1}: {' '.join(chunked) or 'default commit flags'}: {walls['chunked'][-1]:.1f}s "
+            f"({commits[-1]} commits, {commit_s[-1]:.3f}s committing), one commit: {walls['single'][-1]:.1f}s",
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in walls.items()}
     return {
-        "commit_every": args.commits,
-        "commits": -(-count_files(images) // args.commits),
+        "chunked_flags": chunked or "defaults",
+        "commits": statistics.median(commits),
+        "commit_s": statistics.median(commit_s),
+        "commit_share_of_wall": round(statistics.median(commit_s) / med["chunked"], 5),
         "median_wall_s": med,
         "chunked_over_single": round(med["chunked"] / med["single"], 4),
     }
@@ -212,7 +227,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="0: skip the timings (e.g. with --memory)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x the dump")
-    ap.add_argument("--commits", type=int, default=0, help="K: time --commit-every K against one commit")
+    ap.add_argument("--commits", type=int, help="K: time --commit-every K (0: the default flags) against one commit")
     ap.add_argument("--dump", type=Path, help="score the files of this directory instead of generated ones")
     ap.add_argument("--exact-decode", action="store_true", help="pass --exact-decode to vehicle-ray score")
     ap.add_argument("--ray", action="store_true", help="always the Ray pipeline (--in-process-up-to 0)")
@@ -225,8 +240,8 @@ def main() -> None:
     flags = (["--exact-decode"] if args.exact_decode else []) + (["--in-process-up-to", "0"] if args.ray else [])
     result: dict = {"images": count_files(images), "size": args.size, "repeats": args.repeats, "threads": args.threads}
     result["score_flags"] = flags
-    if args.commits:
-        result["commit_cost"] = commit_cost(args, work, images, model)
+    if args.commits is not None:
+        result["commit_cost"] = commit_cost(args, work, images, model, flags)
     elif args.repeats:
         result.update(timings(args, work, images, model, flags))
     if args.memory:

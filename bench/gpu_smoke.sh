@@ -256,7 +256,7 @@ class Probe:
                  "error": np.array([""] * n, dtype=object)}
         rows = p(batch).to_pydict()  # on cuda, a batch transform left on the CPU fails here
         on_gpu = device == "cuda"
-        return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": str(p.device),
+        return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": device,
                 "cuda_available": torch.cuda.is_available(), "cuda_initialized": torch.cuda.is_initialized(),
                 "cuda_mib": torch.cuda.memory_allocated() >> 20 if torch.cuda.is_initialized() else 0,
                 "rows": len(rows["label"]), "row_errors": [e for e in rows["error"] if e],

@@ -163,6 +163,9 @@ def calibration_batches(learn, limit: int = CALIBRATION_IMAGES) -> Iterable[np.n
             return
 
 
+CALIBRATION_PRECISION = "fp32"
+
+
 def validation_fields(
     validation: ValidationSet, classes: list[str], target: OperatingTarget | None = None
 ) -> dict[str, Any]:
@@ -179,6 +182,9 @@ def validation_fields(
         "calibration": {
             "method": "temperature",
             "applied_to": "served probabilities: softmax(log(p) / temperature), after the TTA blend",
+            # the validation pass runs the fp32 model (after train.hardware.plain_fp32), while scoring serves
+            # TTA from int8 on CPU actors and bf16/fp16 on GPU actors: bench/calibration_precision.py, README
+            "fitted_precision": CALIBRATION_PRECISION,
             "validation_images": int(len(validation.targets)),
             "tta": {"n": validation.tta.n, "beta": validation.tta.beta, **tta},
             "plain": plain,

@@ -4,6 +4,8 @@ Every request is forwarded to moto unchanged, except reads (GET/HEAD) of chosen 
 object's fault budget lasts, the proxy answers as a throttled S3 does, 503 SlowDown, without asking
 moto. Path-style addressing (`/bucket/key`, what pyarrow uses with an endpoint override) names the
 object. Point AWS_ENDPOINT_URL at `proxy.url` to send a process's S3 traffic through it.
+With `ignore_conditions` it also plays an older S3-compatible gateway that accepts conditional
+writes and ignores them: If-None-Match / If-Match are dropped before moto sees the request.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FaultProxy:
         self.faults: dict[str, int] = {}
         self.reads: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()
+        self.ignore_conditions = False
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -95,7 +98,8 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(SLOW_DOWN)
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                dropped = HOP_BY_HOP | ({"if-none-match", "if-match"} if proxy.ignore_conditions else set())
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:

@@ -102,3 +102,49 @@ def test_a_writer_that_wakes_up_late_is_refused_and_nothing_is_lost_or_doubled(
         assert len(plain) == len(predictions) and plain["path"].is_unique
         summary = json.loads(Path(out, "summary.json").read_text())
         assert summary["files_listed"] == N_FILES  # the last run's, never A's late overwrite
+
+
+def test_a_run_that_waited_longer_than_half_the_ttl_commits_at_once(trained_model, small_dump, sample_dir, tmp_path):
+    """A holds the output for longer than TTL/2 (a slow last step; its heartbeat goes on) while B waits
+    with --wait; B then scores a small new dump in-process and commits before its first heartbeat:
+    its lease is as fresh as its acquisition, not as old as its wait. Both exit 0, every file once."""
+    ttl, held = 20, 14  # B's first heartbeat comes TTL/4 = 5 s after it takes the lease; TTL/2 = 10 s
+    out = tmp_path / "out"
+    a = start(
+        *args(trained_model, small_dump, str(out)), "--lease-ttl", str(ttl), env={PAUSE_ENV: f"{IN_FINISH_RUN}@{held}"}
+    )
+    new = tmp_path / "new"
+    new.mkdir()
+    for f in sorted((sample_dir / "images").glob("*.jpg"))[N_FILES : N_FILES + 10]:
+        shutil.copy(f, new / f.name)
+    wait_for(lambda: (out / "_runs").exists() or a.poll() is not None, timeout=120, what="run A's first commit")
+    t0 = time.monotonic()
+    b = run_cli(*args(trained_model, new, str(out)), "--lease-ttl", str(ttl), "--wait", "120")
+    a_log = a.communicate(timeout=120)[0]
+    assert a.returncode == 0, a_log[-3000:]
+    assert b.returncode == 0 and "scored 10 of 10 files" in b.stdout, (b.stdout + b.stderr)[-3000:]
+    assert time.monotonic() - t0 > ttl / 2  # B did wait longer than half the TTL
+    paths = pd.concat([rows(str(out), "predictions", {})["path"], rows(str(out), "errors", {})["path"]])
+    assert len(paths) == N_FILES + 10 and paths.is_unique
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(trained_model, small_dump, s3_server, monkeypatch):
+    """An older S3-compatible gateway that accepts If-None-Match/If-Match and overwrites anyway would
+    turn the lease and the fences into nothing: refused with one line before anything is written."""
+    import boto3
+
+    from tests.score.s3_faults import FaultProxy
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    with FaultProxy(s3_server["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.ignore_conditions = True
+        env = {**s3_server, "AWS_ENDPOINT_URL": proxy.url}
+        boto3.client("s3", endpoint_url=proxy.url).create_bucket(Bucket="scores")
+        r = run_cli(*args(trained_model, small_dump, "s3://scores/old-gateway"), env=env)
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: ") and "ignores conditional writes" in r.stderr
+    assert "Traceback" not in r.stderr
+    keys = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).list_objects_v2(Bucket="scores")
+    written = [o["Key"] for o in keys.get("Contents", []) if not o["Key"].endswith("/")]  # not the directory marker
+    assert written == []  # nothing written, the probe object removed

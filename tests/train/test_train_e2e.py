@@ -88,6 +88,7 @@ def test_calibration_saw_the_whole_validation_split_paired_with_its_labels(train
     calibration = open_artifact(trained_model).meta["calibration"]
     assert calibration["validation_images"] == n == 80
     assert calibration["plain"]["nll_before"] == pytest.approx(nll, rel=1e-3, abs=1e-5)
+    assert calibration["fitted_precision"] == "fp32"  # what it was fitted in, whatever scoring serves
 
 
 def test_one_and_two_workers_both_learn(trained_model, sample_dir, tmp_path, ray_local):

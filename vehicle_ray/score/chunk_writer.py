@@ -5,8 +5,9 @@ files or once the oldest uncommitted row has waited `commit_interval` seconds, w
 so a run killed at any moment loses at most about `commit_interval` seconds of work whatever the model
 costs per file: 10,000 files (the default count) take under a minute with a small model on 2 CPUs
 but about 20 minutes with the seed's resnet50 at 299 px. Each commit is a few small writes (two
-Parquet files, one index file, one record and their moves; ~25 ms locally, a dozen S3 requests), so
-the 20 s default costs about 0.1% of a local run (BENCHMARKS.md, commit interval).
+Parquet files, one index file, one record and their moves: 22 ms locally with the fsyncs, 340 ms on
+the moto S3 server, bench/bench_commit.py), so the 15 s default costs 0.15% of a local run and 2.3%
+of one on S3 (BENCHMARKS.md, commit interval).
 
 Before each commit the lease must be confirmed (Lease.check); the commit itself is fenced (store.py):
 a writer that stalled past its lease's TTL cannot add a chunk after another run took over.
