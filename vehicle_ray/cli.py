@@ -513,8 +513,8 @@ def lr_find_cmd(
     "--in-process-up-to",
     default=default(ScoreOptions, "in_process_up_to"),
     show_default=True,
-    help="Score a listing of at most this many files in this process, without Ray, when no cluster is "
-    "given (RAY_ADDRESS): Ray's start-up costs more than scoring them. 0: always Ray.",
+    help="Score at most this many files (new ones, with --incremental) in this process, without Ray, when "
+    "no cluster is given (RAY_ADDRESS): Ray's start-up costs more than scoring them. 0: always Ray.",
 )
 @click.option(
     "--progress-interval",

@@ -170,19 +170,19 @@ def test_full_precision_on_gpu_is_bf16_even_with_an_int8_model():
 
 
 @pytest.mark.parametrize(
-    "listed, opts, on_cluster, in_process",
+    "files, opts, on_cluster, in_process",
     [
         (1000, ScoreOptions(), False, True),  # the default threshold, inclusive
         (1001, ScoreOptions(), False, False),
-        (None, ScoreOptions(), False, False),  # more than one listing chunk: never counted, never small
+        (0, ScoreOptions(), False, True),  # nothing new tonight: no Ray for nothing
         (10, ScoreOptions(), True, False),  # RAY_ADDRESS, or Ray started by the caller
         (10, ScoreOptions(gpus_per_actor=1), False, False),  # GPU actors keep the cluster's GPU checks
         (10, ScoreOptions(in_process_up_to=0), False, False),  # 0: always Ray
         (5000, ScoreOptions(in_process_up_to=5000), False, True),
     ],
 )
-def test_only_small_listings_on_no_cluster_score_in_process(listed, opts, on_cluster, in_process):
-    plan = in_process_plan(listed, opts, cpus=8, on_cluster=on_cluster)
+def test_only_small_runs_on_no_cluster_score_in_process(files, opts, on_cluster, in_process):
+    plan = in_process_plan(files, opts, cpus=8, on_cluster=on_cluster)
     assert (plan is not None) == in_process
     if plan is not None:
         assert plan.in_process and plan.threads == 8 and plan.gpus_per_actor == 0

@@ -141,19 +141,14 @@ def score(
     first = next(chunks, None)
     if first is None and (listing is None or listing.after is None):
         raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
-    first = first or []  # nothing above the watermark: nothing new tonight (deferred files may still be owed)
-    second = next(chunks, None)  # a listing of one chunk is small enough to count before deciding on Ray
-    chunks = itertools.chain([first], [second] if second is not None else [], chunks)
+    # nothing above the watermark is a night with nothing new (deferred files may still be owed)
+    chunks = itertools.chain([first] if first else [], chunks)
     elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
-    local = in_process_plan(
-        len(first) if second is None else None, opts, os.cpu_count() or 1, elastic or ray.is_initialized()
-    )
     store = OutputStore.open(output)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
         timeline.mark("lease_taken")
-        plan = local or _ray_plan(root, output, images, opts, elastic, timeline)
         recovered = store.recover(lease)
         if any(recovered.values()):
             logger.info(
@@ -172,6 +167,10 @@ def score(
             manifest, listed, new, pending = write_listing(store, run_id, root, chunks, done, opts.retry_errors)
         store = store.retrying(pending.retried)  # --retry-errors: commits replace the old error rows
         timeline.mark("manifest_written")
+        # In-process or Ray from the files to score, not the files listed: an --incremental night
+        # that lists 20,000 names of which 500 are new is a small run.
+        local = in_process_plan(new, opts, os.cpu_count() or 1, elastic or ray.is_initialized())
+        plan = local or _ray_plan(root, output, images, opts, elastic, timeline)
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
             f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
@@ -309,8 +308,9 @@ def _dataset(
     # Manifest files hold up to MANIFEST_CHUNK rows each: split them into batch-sized blocks so each
     # decode task is one batch (decoding spreads over the cluster, progress moves batch by batch).
     ds = ray.data.read_parquet(manifest, filesystem=store.fs).repartition(target_num_rows_per_block=opts.batch_size)
-    # num_cpus below the actors' keeps Ray Data from fusing decode into the actor: decoding stays in
-    # parallel CPU tasks and the actors only run the model. Ray Data's defaults are what a long run
+    # A decode request unlike the actors' keeps Ray Data from fusing decode into the actor (0.5 CPU
+    # beside CPU actors; beside GPU actors 1 CPU, the GPU telling them apart: plan.decode_cpus), so
+    # decoding stays in parallel CPU tasks and the actors only run the model. Ray Data's defaults are what a long run
     # on a changing cluster needs, so they are kept deliberately: a decode task lost with its node
     # is retried (tasks: max_retries=-1), a killed actor is restarted and its batch resubmitted
     # (actor pool: max_restarts=-1, max_task_retries=-1). _SeenPaths checks that no row comes twice.

@@ -62,7 +62,8 @@ class ScoreOptions:
     uncertain_band: tuple[float, float] | None = None  # positive-class probabilities decided "uncertain"
     min_confidence: float | None = None  # below it the argmax class is decided "uncertain"
     fail_on_drift: float | None = None  # after committing, exit EXIT_DRIFT when the run's drift is above it
-    # A listing of at most this many files, on no cluster, is scored in the command's own process. On
+    # At most this many files to score (after --incremental dropped the done ones), on no cluster, are
+    # scored in the command's own process. On
     # 2 CPUs the embedded Ray's processes cost ~20 s before the first predictions and its steady state
     # is no faster than one process (measured: 600 JPEGs at 224 px 23.4 s in-process, 44.4 s on Ray);
     # with more cores Ray's parallel decode and actors pay off sooner. 0: always Ray.

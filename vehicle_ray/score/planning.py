@@ -106,12 +106,12 @@ def decode_cpus(opts: ScoreOptions) -> float:
     return DECODE_CPUS_BESIDE_GPU_ACTORS if opts.gpus_per_actor else DECODE_CPUS_BESIDE_CPU_ACTORS
 
 
-def in_process_plan(listed: int | None, opts: ScoreOptions, cpus: int, on_cluster: bool) -> Plan | None:
-    """The plan of a run scored in the driver's own process, or None for Ray: only a listing known to
-    hold at most --in-process-up-to files (`listed`; None: more than one listing chunk), only on CPU
-    (GPU actors keep Ray's checks of the cluster's GPUs) and only without a cluster (`on_cluster`:
-    RAY_ADDRESS, or Ray already started by the caller)."""
-    if on_cluster or opts.gpus_per_actor or listed is None or listed > opts.in_process_up_to:
+def in_process_plan(files: int, opts: ScoreOptions, cpus: int, on_cluster: bool) -> Plan | None:
+    """The plan of a run scored in the driver's own process, or None for Ray: only for at most
+    --in-process-up-to files to score (what the manifest holds after --incremental dropped the done
+    ones), only on CPU (GPU actors keep Ray's checks of the cluster's GPUs) and only without a cluster
+    (`on_cluster`: RAY_ADDRESS, or Ray already started by the caller)."""
+    if on_cluster or opts.gpus_per_actor or files > opts.in_process_up_to:
         return None
     threads = max(1, cpus)
     return Plan(1, 1, float(threads), 0.0, threads, in_process=True)

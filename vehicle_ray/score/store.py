@@ -308,20 +308,26 @@ class OutputStore:
         """Fence what a take-over must (above), roll committed chunks forward, quarantine a record
         whose data is gone (its files are scored again by the next run), then delete what crashed or
         fenced runs left: fenced-out records, staging directories and files under predictions/errors
-        that no commit record names."""
+        that no commit record names. Finished runs are left alone: their files were all in place before
+        their run record was written, so the work grows with what crashed runs left, not with history."""
         if lease is not None:
             self.fence(lease)
         valid = self.chunk_records()
+        valid_keys = {r.key for r in valid}
+        finished = {  # (a run record written by a fenced writer after all does not count as finished)
+            run_id
+            for run_id, record in self.run_records().items()
+            if all(index_key(run_id, c["index"]) in valid_keys for c in record.get("chunks", []))
+        }
         pause_point(IN_RECOVER)
         _confirm(lease)
         rolled, quarantined = 0, 0
-        for record in valid:
+        for record in (r for r in valid if r.run_id not in finished):
             try:
                 rolled += self._place(record)
             except _DataLost:
                 self._quarantine(record)
                 quarantined += 1
-        valid_keys = {r.key for r in valid}
         for record in self._all_chunk_records():
             record_file = self._chunk_record_path(record)
             if record.key not in valid_keys and self._exists(record_file):
@@ -329,12 +335,11 @@ class OutputStore:
         for info in self._children(STAGING):
             self.fs.delete_dir(info.path)
         known = {self.path(final) for r in self.chunk_records() for final in r.files}
-        legacy = self._legacy_runs()
         removed = 0
         for kind in KINDS:
             for part in self._children(kind):
                 run_id = posixpath.basename(part.path).removeprefix("run=")
-                if part.type != pafs.FileType.Directory or run_id in legacy:
+                if part.type != pafs.FileType.Directory or run_id in finished:  # legacy runs too
                     continue
                 for info in self.fs.get_file_info(pafs.FileSelector(part.path, recursive=True)):
                     if info.type == pafs.FileType.File and info.path not in known:
