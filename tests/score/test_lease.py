@@ -1,7 +1,7 @@
 """The output lease on a local directory: one holder, waiting, stale take-over, lost-lease detection."""
 
 import json
-import os
+import signal
 import socket
 import subprocess
 import sys
@@ -114,17 +114,28 @@ def test_a_run_that_waited_starts_with_a_fresh_lease(tmp_path):
     second.release()
 
 
-def test_the_local_mutex_is_broken_only_after_being_seen_unchanged(tmp_path, monkeypatch):
-    """A mutex left by a holder that died inside is broken after MUTEX_STALE_S of this process's own
-    observation, whatever its mtime says (an NFS server's clock may be far off)."""
-    monkeypatch.setattr(lease_module, "MUTEX_STALE_S", 0.5)
+def test_the_local_mutex_is_the_kernels_never_judged_stale_by_a_clock(tmp_path, monkeypatch):
+    """The mutex is a POSIX record lock: a holder frozen inside keeps it (a contender waits, then
+    fails loudly; it never breaks it, whatever any clock says), a holder that dies drops it at once."""
     b = backend(tmp_path)
-    b.mutex.mkdir()
-    os.utime(b.mutex, (time.time() + 3600, time.time() + 3600))  # the server's clock is an hour ahead
+    code = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX);"
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(b.mutex)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder.send_signal(signal.SIGSTOP)  # frozen inside the critical section
+        monkeypatch.setattr(lease_module, "MUTEX_WAIT_S", 0.5)
+        with pytest.raises(RuntimeError, match="held for"):
+            with b._mutex():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
     t0 = time.monotonic()
-    with b._mutex():
-        assert time.monotonic() - t0 >= 0.5
-    assert not b.mutex.exists()
+    with b._mutex():  # its process is gone: the kernel released the lock
+        assert time.monotonic() - t0 < 0.5
 
 
 def test_fresh_lease_of_another_host_is_respected(tmp_path):
@@ -189,3 +200,14 @@ def test_heartbeat_refreshes_and_a_taken_over_lease_is_noticed(tmp_path):
     with pytest.raises(LeaseLost):  # a run that lost its lease never ends as a success
         lease.release()
     assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == "thief:1"  # not deleted by the loser
+
+
+def test_release_of_a_lease_taken_over_unnoticed_is_a_lost_lease(tmp_path):
+    """The heartbeat has not beaten since someone took the lease over: release still finds out, so
+    such a run never exits 0, and it leaves the taker's lease alone."""
+    lease = Lease(backend(tmp_path), "run-a", ttl=600)
+    lease.acquire()
+    _write_lease(tmp_path / LEASE_FILE, "thief:1", heartbeat=time.time())
+    with pytest.raises(LeaseLost):
+        lease.release()
+    assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == "thief:1"

@@ -1,6 +1,9 @@
 """Scoring pipeline: driver.py (validate, plan, run, commit) over options.py (validated options),
-planning.py (actor-pool sizing), listing.py (listing → Parquet manifest, incremental filter),
-decode.py (Ray Data CPU decode tasks), predictor.py (the model actor and its backends), tta.py
-(fastai-semantics TTA on decoded batches) and store.py (the output directory and its exactly-once
-commit protocol).
+planning.py (actor-pool sizing), listing.py (watermark walk → Parquet manifest, incremental filter,
+pending files), decode.py (Ray Data CPU decode tasks, transient-read retries), model.py (ModelSpec),
+predictor.py (the model actor and its backends), tta.py (fastai-semantics TTA on decoded batches),
+augment.py (fused TTA augmentation), chunk_writer.py (commits by count and time), store.py (the output
+directory and its fenced exactly-once commit protocol), durable.py (fsync), lease.py (one writer per
+output), done_index.py (incremental lookups), progress.py (progress lines, timings) and pause.py
+(test-only pause points).
 """

@@ -47,6 +47,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from vehicle_ray.score import durable
+
 INDEX_DIR = "_index"
 SUFFIX = ".idx"
 MERGED_PREFIX = "merged-"
@@ -108,7 +110,9 @@ def _tmp_sibling(path: str) -> str:
 
 def _write_stream(fs: pafs.FileSystem, path: str, keys: Sequence[str], parts: Iterable[np.ndarray]) -> None:
     """Write header + parts to a temporary sibling, then move it onto `path`: a reader (which only
-    lists *.idx) sees nothing or the whole file (a rename locally, one copy on object stores)."""
+    lists *.idx) sees nothing or the whole file (a rename locally, one copy on object stores). Locally
+    the data is fsynced before the rename and the directory after it: a compaction deletes its inputs
+    next, and after a power cut a merged file must not be empty or short."""
     fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = _tmp_sibling(path)
     try:
@@ -117,7 +121,11 @@ def _write_stream(fs: pafs.FileSystem, path: str, keys: Sequence[str], parts: It
             for part in parts:
                 for start in range(0, len(part), _SLICE):
                     out.write(np.ascontiguousarray(part[start : start + _SLICE], dtype=_DTYPE).tobytes())
-        fs.move(tmp, path)
+        if isinstance(fs, pafs.LocalFileSystem):
+            durable.sync_file(tmp)
+            durable.replace(tmp, path)
+        else:
+            fs.move(tmp, path)
     except BaseException:
         _delete_quietly(fs, tmp)
         raise

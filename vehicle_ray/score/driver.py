@@ -149,6 +149,15 @@ def score(
     timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
         timeline.mark("lease_taken")
+        # Planned before anything is changed, so bad flags never exit 2 after --overwrite deleted the
+        # history: a run that uses Ray whatever its size now, the others (in-process or the embedded
+        # Ray, by the number of files to score) checked against this machine's CPUs now and planned
+        # once the manifest says how many files there are.
+        if _needs_ray(opts, elastic):
+            planned = _ray_plan(root, output, images, opts, elastic, timeline)
+        else:
+            planned = None
+            plan_resources({"CPU": float(os.cpu_count() or 1)}, opts)  # what the embedded Ray will have
         recovered = store.recover(lease)
         if any(recovered.values()):
             logger.info(
@@ -169,8 +178,11 @@ def score(
         timeline.mark("manifest_written")
         # In-process or Ray from the files to score, not the files listed: an --incremental night
         # that lists 20,000 names of which 500 are new is a small run.
-        local = in_process_plan(new, opts, os.cpu_count() or 1, elastic or ray.is_initialized())
-        plan = local or _ray_plan(root, output, images, opts, elastic, timeline)
+        plan = (
+            planned
+            or in_process_plan(new, opts, os.cpu_count() or 1, on_cluster=False)
+            or _ray_plan(root, output, images, opts, elastic, timeline)
+        )
         logger.info(
             f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
             f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
@@ -251,12 +263,18 @@ def score(
 def _watermarks(output: str | Path, opts: ScoreOptions) -> Callable[[str], str | None] | None:
     """Where the previous runs stopped listing (--incremental on an existing output only; read
     before the lease: a watermark any finished run wrote is safe to list from)."""
-    if not opts.incremental:
+    if not opts.incremental or opts.overwrite:  # --overwrite forgets the history the watermark stands for
         return None
     try:
         return OutputStore.open_existing(output).listing_watermark
     except InputError:
         return None
+
+
+def _needs_ray(opts: ScoreOptions, elastic: bool) -> bool:
+    """Ray whatever the run's size: a cluster (RAY_ADDRESS, or Ray started by the caller), GPU actors
+    or --in-process-up-to 0."""
+    return elastic or ray.is_initialized() or opts.gpus_per_actor > 0 or opts.in_process_up_to == 0
 
 
 def _listing_record(root: ImageRoot, listing: ListingStats | None, opts: ScoreOptions) -> dict:

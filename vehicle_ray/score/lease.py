@@ -13,16 +13,21 @@ and those it had not fenced yet. The store writes a fence per token (store.py) t
 holder committed, so a holder that wakes up after losing its lease can never add a commit.
 
 Every change of the lease file is a compare-and-swap, so two contenders can never both win:
-* local paths (and shared mounts): exclusive create (O_EXCL) for a new lease; take-over and refresh
-  under a short mutex (an exclusive mkdir), checking the holder's token first;
-* s3://: conditional PUTs — `If-None-Match: *` to create, `If-Match: <etag>` to refresh or take over
-  (S3 has honoured both since 2024; moto too), through boto3 because pyarrow exposes neither.
+* local paths (and shared mounts): exclusive create (a link, which fails if the name exists) for a new
+  lease; take-over, refresh and release under a short mutex, a POSIX record lock (fcntl.lockf, NFS
+  too) on OUT/_lease.lock that the kernel drops when its process dies, so it never has to be judged
+  stale and cannot be broken while a frozen holder is inside it;
+* s3://: conditional PUTs — `If-None-Match: *` to create, `If-Match: <etag>` to refresh, take over or
+  release (a "released" record, never a delete: S3 has no conditional delete), through boto3 because
+  pyarrow exposes neither (S3 has honoured both since 2024; moto too). A conditional PUT that botocore
+  retried after it had landed fails its own condition: reading back our own record counts as success.
 Other URI schemes have no such primitive here and are refused (pass --no-lease to run anyway).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -40,7 +45,7 @@ from vehicle_ray.score import durable
 
 LEASE_FILE = "_lease.json"
 DEFAULT_TTL_S = 120.0  # a heartbeat every TTL/4: a live holder is never more than ~30 s behind
-MUTEX_STALE_S = 30.0  # the local mutex is held for milliseconds; longer means its holder died inside
+MUTEX_WAIT_S = 60.0  # the local mutex is held for milliseconds; a minute means a holder frozen inside it
 POLL_S = 2.0  # a waiting contender's look at the lease: a few cheap reads a minute
 
 # Wall-clock time for the record's stamps (since, heartbeat) and messages, never for a decision;
@@ -60,6 +65,7 @@ class LeaseRecord:
     ttl: float
     pid_space: str = ""  # boot id + PID namespace of the holder: where its pid means something
     fences: tuple[str, ...] = ()  # tokens of holders this one took over (fenced by its store recovery)
+    released: bool = False  # its holder finished and let go (S3 keeps the object: no conditional delete)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fences", tuple(self.fences))  # JSON gives a list
@@ -72,8 +78,9 @@ class LeaseRecord:
         return self.pid_space == pid_space() != "" and not _alive(pid)
 
     def to_fence(self) -> tuple[str, ...]:
-        """What a take-over of this record must fence: this holder and whoever it took over."""
-        return (self.token, *self.fences)
+        """What a take-over of this record must fence: this holder and whoever it took over (nothing
+        after a release: a holder fences what it took over before it releases)."""
+        return () if self.released else (self.token, *self.fences)
 
     def encode(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -86,7 +93,7 @@ class LeaseBackend(Protocol):
     def read(self) -> tuple[LeaseRecord, str] | None: ...
     def create(self, record: LeaseRecord) -> str | None: ...
     def swap(self, record: LeaseRecord, expected_version: str) -> str | None: ...
-    def delete(self, expected_version: str) -> None: ...
+    def delete(self, expected_version: str) -> bool: ...
     def create_beside(self, name: str, data: bytes) -> bool: ...
     def read_beside(self, name: str) -> bytes | None: ...
 
@@ -114,9 +121,13 @@ def _decode(data: bytes) -> LeaseRecord:
     return LeaseRecord(**json.loads(data.decode()))
 
 
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}  # POSIX record locks do not exclude threads of one process
+
+
 class LocalLeaseBackend:
     def __init__(self, path: Path):
         self.path, self.mutex = path, path.with_suffix(".lock")
+        self._thread_lock = _THREAD_LOCKS.setdefault(self.mutex, threading.Lock())
 
     @staticmethod
     def _version(record: LeaseRecord) -> str:
@@ -155,12 +166,14 @@ class LocalLeaseBackend:
             durable.replace(self._write_temp(record), self.path)
             return self._version(record)
 
-    def delete(self, expected_version: str) -> None:
+    def delete(self, expected_version: str) -> bool:
         with self._mutex():
             current = self.read()
-            if current is not None and current[1] == expected_version:
-                self.path.unlink()
-                durable.sync_dir(self.path.parent)
+            if current is None or current[1] != expected_version:
+                return False
+            self.path.unlink()
+            durable.sync_dir(self.path.parent)
+            return True
 
     def create_beside(self, name: str, data: bytes) -> bool:
         """Create OUT/`name` once (a fence): False when it exists. Synced, then linked into place."""
@@ -185,32 +198,21 @@ class LocalLeaseBackend:
 
     @contextlib.contextmanager
     def _mutex(self) -> Iterator[None]:
-        """An exclusive mkdir: held for the milliseconds of one read-compare-replace. A mutex seen
-        unchanged (same inode and mtime) for MUTEX_STALE_S on this process's monotonic clock is
-        broken: its holder died inside. Never a comparison with the file server's clock."""
-        deadline = time.monotonic() + 2 * MUTEX_STALE_S
-        seen: tuple[tuple[int, int], float] | None = None  # (inode, mtime) and when first seen
-        while True:
+        """fcntl.lockf on OUT/_lease.lock for the milliseconds of one read-compare-replace."""
+        deadline = time.monotonic() + MUTEX_WAIT_S
+        with self._thread_lock, open(self.mutex, "a") as f:
+            while True:
+                try:
+                    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"lease mutex {self.mutex} held for {MUTEX_WAIT_S:g}s") from None
+                    time.sleep(0.05)
             try:
-                os.mkdir(self.mutex)
-                break
-            except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):
-                    st = self.mutex.stat()
-                    identity = (st.st_ino, st.st_mtime_ns)
-                    if seen is None or seen[0] != identity:
-                        seen = (identity, time.monotonic())
-                    elif time.monotonic() - seen[1] > MUTEX_STALE_S:
-                        os.rmdir(self.mutex)  # its holder died inside the critical section
-                        seen = None
-                        continue
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"lease mutex {self.mutex} stuck") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            os.rmdir(self.mutex)
+                yield
+            finally:
+                fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 class S3LeaseBackend:
@@ -239,11 +241,19 @@ class S3LeaseBackend:
                 return None
             raise
 
+    def _put_record(self, record: LeaseRecord, **condition: str) -> str | None:
+        version = self._put(self.key, record.encode(), **condition)
+        if version is None:  # refused, or botocore retried a PUT that had landed: is it ours?
+            current = self.read()
+            if current is not None and current[0] == record:
+                return current[1]
+        return version
+
     def create(self, record: LeaseRecord) -> str | None:
-        return self._put(self.key, record.encode(), IfNoneMatch="*")
+        return self._put_record(record, IfNoneMatch="*")
 
     def swap(self, record: LeaseRecord, expected_version: str) -> str | None:
-        return self._put(self.key, record.encode(), IfMatch=expected_version)
+        return self._put_record(record, IfMatch=expected_version)
 
     def _beside(self, name: str) -> str:
         return f"{self.key.rpartition('/')[0]}/{name}".lstrip("/")
@@ -262,7 +272,7 @@ class S3LeaseBackend:
         """Refuse a store that ignores conditional writes (some older S3-compatible gateways accept
         If-None-Match/If-Match and overwrite anyway): there the lease and the fences would be no lease
         at all. Three small requests per run, on a key beside the lease."""
-        key = self._beside("_lease.probe")
+        key = self._beside(f"_lease.probe.{uuid.uuid4().hex}")  # per run: two runs may probe at once
         etag = self._put(key, b"probe")
         ignored = self._put(key, b"again", IfNoneMatch="*") is not None
         ignored = ignored or self._put(key, b"again", IfMatch=f'"{uuid.uuid4().hex}"') is not None
@@ -274,10 +284,14 @@ class S3LeaseBackend:
                 "--no-lease if nothing else ever writes to this output"
             )
 
-    def delete(self, expected_version: str) -> None:
-        current = self.read()  # S3 general-purpose buckets have no conditional delete: check, then delete
-        if current is not None and current[1] == expected_version:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+    def delete(self, expected_version: str) -> bool:
+        """Release: a "released" copy of the record, put only over our own version (S3 general-purpose
+        buckets have no conditional delete, and a read-then-delete could remove a taker's lease)."""
+        current = self.read()
+        if current is None or current[1] != expected_version:
+            return False
+        released = LeaseRecord(**{**asdict(current[0]), "released": True})
+        return self._put_record(released, IfMatch=expected_version) is not None
 
 
 def lease_backend(output: str, base: str, local: bool) -> LeaseBackend:
@@ -357,15 +371,16 @@ class Lease:
         if current is None:  # released between our create and read: try again at once
             return self._try_acquire(watch)
         held, version = current
-        if not (held.dead_here() or watch.unchanged_for(version, held.ttl)):
+        if not (held.released or held.dead_here() or watch.unchanged_for(version, held.ttl)):
             return held
         mine = self.backend.swap(self._fresh(since=True, fences=held.to_fence()), version)
         if mine is None:
             return self._try_acquire(watch)  # someone else changed it first: look again
-        logger.info(
-            f"took over the lease of run {held.run_id} on {held.holder}: "
-            + ("its process is gone" if held.dead_here() else f"unchanged for {held.ttl:g}s")
-        )
+        if not held.released:
+            logger.info(
+                f"took over the lease of run {held.run_id} on {held.holder}: "
+                + ("its process is gone" if held.dead_here() else f"unchanged for {held.ttl:g}s")
+            )
         return self._acquired(mine, held.to_fence())
 
     def _acquired(self, version: str, taken_over: tuple[str, ...]) -> None:
@@ -429,8 +444,9 @@ class Lease:
         version, self.version = self.version, None
         if self.lost:
             raise LeaseLost(f"this run lost the output's lease: {self.lost}")
-        if version is not None and (self.fenced or not self.taken_over):
-            self.backend.delete(version)
+        if version is not None and (self.fenced or not self.taken_over) and not self.backend.delete(version):
+            self.lost = "another run took the output's lease over (this run stalled beyond its TTL)"
+            raise LeaseLost(f"this run lost the output's lease: {self.lost}")
 
     def __enter__(self) -> Lease:
         return self

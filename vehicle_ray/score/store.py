@@ -29,9 +29,11 @@ holder that wakes up and writes a record after the take-over adds nothing a read
 or recovery will ever use; right after writing a record its writer looks for its own fence and stops
 with LeaseLost (exit 76) before moving any file. Destructive steps (recovery's deletions, --overwrite,
 compaction, the run record and summary.json) first re-read the lease and stop unless it is still
-theirs. The one window left: a holder frozen between that re-read and its delete (S3 has no
-conditional delete); it is one request long, and what it could delete is repaired by the next
-recovery (a lost staged file quarantines its record and its files are scored again).
+theirs, and recovery lists everything it may delete before that re-read: a taker creates its files
+after it, so they are never on a late recovery's list. Left: a record written in the instant between
+a taker's fence listing and its fence write passes its writer's fence check, so that writer moves the
+chunk's files into place; the chunk never counts (committed_files, the done-index and recovery ignore
+it) and the next recovery deletes the files, but a plain directory reader can see them until then.
 
 Durability on a local or NFS output (durable.py): staged files and their directory are fsynced before
 the record; the record is written to a temp file, fsynced, renamed and its directory fsynced; every
@@ -319,35 +321,49 @@ class OutputStore:
             for run_id, record in self.run_records().items()
             if all(index_key(run_id, c["index"]) in valid_keys for c in record.get("chunks", []))
         }
+        # Everything this recovery may delete is listed BEFORE the lease is confirmed: a run that takes
+        # the output over after that confirmation creates only paths that are not on these lists, so a
+        # recovery that stalls midway and resumes late can never delete them.
+        fenced_out = [
+            self._chunk_record_path(r)
+            for r in self._all_chunk_records()
+            if r.key not in valid_keys and self._exists(self._chunk_record_path(r))
+        ]
+        staging = [info.path for info in self._children(STAGING)]
+        partitions = {
+            part.path: [
+                i.path
+                for i in self.fs.get_file_info(pafs.FileSelector(part.path, recursive=True))
+                if i.type == pafs.FileType.File
+            ]
+            for kind in KINDS
+            for part in self._children(kind)
+            if part.type == pafs.FileType.Directory
+            and posixpath.basename(part.path).removeprefix("run=") not in finished  # legacy runs too
+        }
         pause_point(IN_RECOVER)
         _confirm(lease)
-        rolled, quarantined = 0, 0
+        rolled, lost = 0, set()
         for record in (r for r in valid if r.run_id not in finished):
             try:
                 rolled += self._place(record)
             except _DataLost:
                 self._quarantine(record)
-                quarantined += 1
-        for record in self._all_chunk_records():
-            record_file = self._chunk_record_path(record)
-            if record.key not in valid_keys and self._exists(record_file):
-                self.fs.delete_file(self.path(record_file))  # fenced out: it never counted
-        for info in self._children(STAGING):
-            self.fs.delete_dir(info.path)
-        known = {self.path(final) for r in self.chunk_records() for final in r.files}
+                lost.add(record.key)
+        for record_file in fenced_out:
+            self.fs.delete_file(self.path(record_file))  # it never counted
+        for path in staging:
+            self.fs.delete_dir(path)
+        known = {self.path(final) for r in valid if r.key not in lost for final in r.files}
         removed = 0
-        for kind in KINDS:
-            for part in self._children(kind):
-                run_id = posixpath.basename(part.path).removeprefix("run=")
-                if part.type != pafs.FileType.Directory or run_id in finished:  # legacy runs too
-                    continue
-                for info in self.fs.get_file_info(pafs.FileSelector(part.path, recursive=True)):
-                    if info.type == pafs.FileType.File and info.path not in known:
-                        self.fs.delete_file(info.path)
-                        removed += 1
-                if not any(f for f in known if f.startswith(part.path + "/")):
-                    self.fs.delete_dir(part.path)
-        return {"rolled_forward": rolled, "removed": removed, "quarantined": quarantined}
+        for part, files in partitions.items():
+            for path in files:
+                if path not in known:
+                    self.fs.delete_file(path)
+                    removed += 1
+            if not any(f.startswith(part + "/") for f in known):
+                self.fs.delete_dir(part)
+        return {"rolled_forward": rolled, "removed": removed, "quarantined": len(lost)}
 
     def _chunk_record_path(self, record: ChunkCommit) -> str:
         return posixpath.join(RUNS, record.run_id, f"{chunk_name(record.index)}.json")
@@ -361,7 +377,7 @@ class OutputStore:
         if not self._exists(source):  # folded into a finished run's record: nothing to move
             return
         target = posixpath.join(QUARANTINE, record.run_id, f"{chunk_name(record.index)}.json")
-        self.fs.create_dir(self.path(QUARANTINE, record.run_id), recursive=True)
+        self._make_dir(posixpath.join(QUARANTINE, record.run_id))
         self._move(source, target)
 
     def clear(self, lease: Lease | None = None) -> None:
@@ -402,7 +418,7 @@ class OutputStore:
         replace it (see the module's docstring)."""
         counts, files = {}, {}
         staged_dir = posixpath.join(STAGING, run_id, chunk_name(index))
-        self.fs.create_dir(self.path(staged_dir), recursive=True)
+        self._make_dir(staged_dir)
         key = index_key(run_id, index)
         parts = split_rows(rows)
         done = pa.chunked_array([parts[kind].column("path") for kind in DONE_KINDS], pa.string())
@@ -482,7 +498,7 @@ class OutputStore:
             except FileNotFoundError:  # a take-over's recovery deleted them: say so if that is why
                 _refuse_if_fenced(record, lease)
                 raise
-        self.fs.create_dir(self.path(RUNS, record.run_id), recursive=True)
+        self._make_dir(posixpath.join(RUNS, record.run_id))
         self.write_json(self._chunk_record_path(record), record.__dict__)
         _refuse_if_fenced(record, lease)
         self._place(record)
@@ -495,12 +511,31 @@ class OutputStore:
         moved = 0
         for final, staged in record.files.items():
             if self._exists(staged):
-                self.fs.create_dir(posixpath.dirname(self.path(final)), recursive=True)
-                self._move(staged, final)
-                moved += 1
+                self._make_dir(posixpath.dirname(final))
+                try:
+                    self._move(staged, final)
+                    moved += 1
+                except FileNotFoundError:  # another writer rolled the same committed chunk forward
+                    if not self._exists(final):
+                        raise _DataLost(f"{final} of {record.key}") from None
             elif not self._exists(final):
                 raise _DataLost(f"{final} of {record.key}")
         return moved
+
+    def _make_dir(self, relative: str) -> None:
+        """create_dir; locally each new directory's entry is synced into its parent, so a power cut
+        cannot lose a directory that holds committed files."""
+        if not self.is_local:
+            self.fs.create_dir(self.path(relative), recursive=True)
+            return
+        new = []
+        path = Path(self.path(relative))
+        while not path.exists():
+            new.append(path)
+            path = path.parent
+        for directory in reversed(new):
+            directory.mkdir(exist_ok=True)
+            durable.sync_dir(directory.parent)
 
     def _move(self, source: str, target: str) -> None:
         """One atomic rename (or object copy); durable locally: both directories synced."""
@@ -517,12 +552,12 @@ class OutputStore:
         listing watermark (summary's `listing`): after the record, so it never runs ahead of the data."""
         pause_point(IN_FINISH_RUN)
         _confirm(lease)
-        self.fs.create_dir(self.path(RUNS), recursive=True)
+        self._make_dir(RUNS)
         self.write_json(posixpath.join(RUNS, f"{run_id}.json"), {**summary, "chunks": [c.__dict__ for c in chunks]})
         self.write_json(SUMMARY, summary)
         listing = summary.get("listing") or {}
         if listing.get("watermark") is not None:
-            self.fs.create_dir(self.path(LISTING), recursive=True)
+            self._make_dir(LISTING)
             self.write_json(posixpath.join(LISTING, f"{listing['key']}.json"), {**listing, "run_id": run_id})
         for leftover in (self.path(STAGING, run_id), self.path(RUNS, run_id)):
             if self.fs.get_file_info(leftover).type == pafs.FileType.Directory:
