@@ -46,24 +46,21 @@ class Group(click.Group):
     code 76, ResourcesUnavailable into `Unavailable: ...` and exit code 69 (EX_UNAVAILABLE), from any subcommand,
     with no traceback."""
 
+    OUTCOMES: tuple[tuple[type[Exception], str, int], ...] = (
+        (InputError, "Error", EXIT_INPUT),
+        (TryLater, "Busy", EXIT_TRY_LATER),
+        (DriftAlert, "Drift", EXIT_DRIFT),
+        (LeaseLost, "Lease lost", EXIT_LEASE_LOST),
+        (ResourcesUnavailable, "Unavailable", EXIT_UNAVAILABLE),
+    )  # deploy/score-nightly.sh maps the same prefixes back to these codes
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except InputError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_INPUT)
-        except TryLater as exc:
-            click.echo(f"Busy: {exc}", err=True)
-            ctx.exit(EXIT_TRY_LATER)
-        except DriftAlert as exc:
-            click.echo(f"Drift: {exc}", err=True)
-            ctx.exit(EXIT_DRIFT)
-        except LeaseLost as exc:
-            click.echo(f"Lease lost: {exc}", err=True)
-            ctx.exit(EXIT_LEASE_LOST)
-        except ResourcesUnavailable as exc:
-            click.echo(f"Unavailable: {exc}", err=True)
-            ctx.exit(EXIT_UNAVAILABLE)
+        except tuple(kind for kind, _, _ in self.OUTCOMES) as exc:
+            prefix, code = next((p, c) for kind, p, c in self.OUTCOMES if isinstance(exc, kind))
+            click.echo(f"{prefix}: {exc}", err=True)
+            ctx.exit(code)
 
 
 def default(options_class: type, name: str) -> Any:
