@@ -1,5 +1,6 @@
 """Batch TTA scoring with real Ray Data, real models and real Parquet files."""
 
+import contextlib
 import io
 import json
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from tests.conftest import LEARNED_ACCURACY, run_cli
 from vehicle_ray.artifact import EXPORT_PKL
 from vehicle_ray.score.driver import score
 from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.score.pause import BEFORE_COMMIT, PAUSE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -226,23 +229,26 @@ def test_killed_run_then_incremental_is_exactly_once(trained_model, sample_dir, 
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, PAUSE_ENV: BEFORE_COMMIT},  # it stops itself mid-run, before its first commit
     )
-    for line in proc.stdout:
-        if line.startswith("scoring 200 new of 300"):
-            break
-    time.sleep(4)  # mid-pipeline: the actor is scoring
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the run never reached its first commit"
+        time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    os.killpg(proc.pid, signal.SIGKILL)  # the orphaned embedded Ray processes of the killed driver
+    with contextlib.suppress(ProcessLookupError):  # the orphaned embedded Ray processes, if still there
+        os.killpg(proc.pid, signal.SIGKILL)
     assert len(list((out / "_runs").glob("*.json"))) == 1  # the killed run committed nothing
     r = run_cli(*args)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "scored 200 of 200 files (0 errors, 100 skipped as already done)" in r.stdout
+    # the new dump's names sort after the first run's watermark: only they are listed
+    assert "scored 200 of 200 files (0 errors, 0 skipped as already done)" in r.stdout
     predictions = read(out)
     assert len(predictions) == 300 and predictions["path"].is_unique
     assert set(predictions["path"]) == {str(dump / f.name) for f in all_files[:300]}
     r = run_cli(*args)
-    assert "scored 0 of 0 files (0 errors, 300 skipped" in r.stdout
+    assert "scored 0 of 0 files (0 errors, 0 skipped" in r.stdout  # nothing above the watermark
     assert len(read(out)) == 300
 
 
