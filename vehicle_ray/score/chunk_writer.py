@@ -2,9 +2,10 @@
 
 It owns when to commit and the checks around each commit. A chunk is committed every `commit_every`
 files or once the oldest uncommitted row has waited `commit_interval` seconds, whichever comes first,
-so a run killed at any moment loses at most about `commit_interval` seconds of work whatever the model
-costs per file: 10,000 files (the default count) take under a minute with a small model on 2 CPUs
-but about 20 minutes with the seed's resnet50 at 299 px. Each commit is a few small writes (two
+so a run killed at any moment loses at most about `commit_interval` seconds of work, whatever the model
+costs per file: 10,000 files (the default count) take under a minute with a small model on 2 CPUs but
+about 20 minutes with the seed's resnet50 at 299 px. (The check runs when rows arrive: a pipeline
+stalled on the autoscaler holds its rows until it moves again.) Each commit is a few small writes (two
 Parquet files, one index file, one record and their moves: 22 ms locally with the fsyncs, 340 ms on
 the moto S3 server, bench/bench_commit.py), so the 15 s default costs 0.15% of a local run and 2.3%
 of one on S3 (BENCHMARKS.md, commit interval).

@@ -5,8 +5,9 @@ OUT would score every file twice and one's clean-up could delete the other's sta
 makes the second run wait (`--wait`) or stop with TryLater (exit 75, EX_TEMPFAIL). A holder that died
 stops refreshing; once a contender has seen the lease unchanged for the TTL on its own monotonic
 clock, it takes it over. No decision compares two machines' clocks: the holder's wall-clock heartbeat
-is only a hint for how long a contender is worth waiting (a lease that looks abandoned is watched for
-one TTL even past --wait), so a contender whose clock is minutes ahead never takes a live lease.
+is only a hint for how long a contender is worth waiting (a lease that looks abandoned at the
+contender's first look is watched for one TTL even past --wait), so a contender whose clock is minutes
+ahead never takes a live lease.
 
 Each acquisition has its own token. A take-over also names the tokens to fence: the stale holder's,
 and those it had not fenced yet. The store writes a fence per token (store.py) that freezes what that
