@@ -112,6 +112,18 @@ def _moto_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> bool:
     return False
 
 
+def run_cluster_script(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a `ray.cluster_utils.Cluster` script in a fresh interpreter, away from any RAY_ADDRESS
+    (its simulated nodes, not a cluster the caller may be joined to)."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `vehicle-ray ARGS` in a fresh process, as a user would."""
     return subprocess.run(

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, run_cluster_script
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -271,13 +271,7 @@ cluster.shutdown()
 
 @pytest.mark.slow
 def test_local_paths_refused_on_a_multi_node_cluster(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-c", MULTI_NODE_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )
+    r = run_cluster_script(MULTI_NODE_SCRIPT)
     assert "REFUSED: --output /tmp/local_out is a local path, but the Ray cluster has 2 nodes" in r.stdout, (
         r.stdout + r.stderr
     )[-3000:]

@@ -4,12 +4,10 @@ GPU node, so a job driver or a scoring run holding one CPU there cannot keep the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import run_cluster_script
 from vehicle_ray.cluster import DEFAULT_CPUS_PER_GPU, GPU_NODE_FREE_CPUS, cpus_per_gpu
 from vehicle_ray.train.lr_find import task_resources
 
@@ -97,13 +95,7 @@ cluster.shutdown()
 
 @pytest.mark.slow
 def test_gpu_requests_place_beside_a_driver_on_a_simulated_16_cpu_1_gpu_node():
-    r = subprocess.run(
-        [sys.executable, "-c", SIMULATED_NODE_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )
+    r = run_cluster_script(SIMULATED_NODE_SCRIPT)
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert r.returncode == 0 and lines, (r.stdout + r.stderr)[-3000:]
     got = json.loads(lines[0].removeprefix("RESULT "))
