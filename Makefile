@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench-train bench-score clean image
+.PHONY: demo test test-fast lint docs bench-train bench-score clean image
 
 IMAGE ?= vehicle-ray:0.1.0
 RAY_IMAGE ?= rayproject/ray:2.60.0-py311-gpu
@@ -25,9 +25,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
 
+# docs/cli.md is generated from --help (tests/test_docs.py fails while it is stale)
+docs: $(STAMP)
+	$(PY) -m vehicle_ray.cli_reference > docs/cli.md
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vehicle_ray jobs bench tests
 	$(VENV)/bin/ruff format --check vehicle_ray jobs bench tests
+	$(VENV)/bin/lint-imports
 
 bench-train: $(STAMP)
 	$(PY) bench/bench_train.py

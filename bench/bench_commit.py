@@ -26,7 +26,7 @@ from bench_listing import history_rows, start_moto  # noqa: E402
 def commit_ms(out: str, chunks: int, rows: int) -> list[float]:
     from vehicle_ray.score.store import OutputStore
 
-    store, run_id = OutputStore.open(out), uuid.uuid4().hex[:8]
+    store, run_id = OutputStore.create(out), uuid.uuid4().hex[:8]
     times = []
     for k in range(1, chunks + 1):
         table = history_rows([f"/dump/{run_id}/{k}/{i:06d}.jpg" for i in range(rows)])

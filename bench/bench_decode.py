@@ -38,7 +38,7 @@ from vehicle_ray.artifact import ONNX_INT8, open_artifact
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.decode import decode_image, reduce_on_decode
 from vehicle_ray.score.predictor import onnx_forward
-from vehicle_ray.score.tta import TTASettings, tta_probabilities
+from vehicle_ray.tta import TTASettings, tta_probabilities
 
 
 def decode_all(data: list[bytes], size: int, method: str, exact: bool) -> tuple[np.ndarray, float]:

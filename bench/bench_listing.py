@@ -63,7 +63,7 @@ def commit_history(root_uri: str, out: str, names: list[str]) -> None:
     from vehicle_ray.score.listing import listing_key
     from vehicle_ray.score.store import OutputStore
 
-    root, store = open_root(root_uri), OutputStore.open(out)
+    root, store = open_root(root_uri), OutputStore.create(out)
     chunks = []
     for k in range(0, len(names), CHUNK):
         rows = history_rows([root.full_name(n) for n in names[k : k + CHUNK]])
@@ -116,7 +116,7 @@ def timed_score(cmd: list[str], out: str) -> tuple[float, dict]:
         sys.exit(f"failed: {' '.join(cmd)}\n{(r.stdout + r.stderr)[-3000:]}")
     from vehicle_ray.score.store import OutputStore
 
-    return wall, OutputStore.open_existing(out).read_json("summary.json")
+    return wall, OutputStore.open(out).read_json("summary.json")
 
 
 def start_moto(work: Path) -> subprocess.Popen:

@@ -18,11 +18,17 @@ Optionally (--commits K) the cost of chunk commits: the same scoring with --comm
 the default commit flags, --commit-every 10000 --commit-interval 15) against one commit at the end,
 interleaved, medians, with the seconds the commits took (summary.json's commit_s); K far below the
 default bounds the default's cost from above.
+Optionally (--adaptive) full against adaptive TTA (`--tta-mode full|adaptive`) with a model that is
+actually trained (the tiny_cpu recipe at --size through `vehicle-ray train`, so model.json carries the
+adaptive threshold), interleaved, medians: whole-process wall time and images/s, the passes per image,
+the share of labels adaptive gives as full TTA did, and, where the dump has labels (the generated
+ones do), each mode's accuracy. Two full-TTA runs disagree on some labels by themselves (random
+augmentations): that share is printed beside the agreement.
 Optionally (--memory) the peak summed RSS of the Ray processes at 1x and 10x the dump (with
 --no-tta, to keep the 10x run short).
 
     .venv/bin/python bench/bench_score.py [--images 1000] [--size 224] [--repeats 3] [--commits K] [--memory]
-        [--dump DIR] [--exact-decode] [--ray]
+        [--dump DIR] [--exact-decode] [--ray] [--adaptive] [--model DIR]
 """
 
 import argparse
@@ -62,6 +68,19 @@ def make_model(out: Path, size: int) -> None:
         learn.fit_one_cycle(1, 1e-3)
     (out / "model").mkdir()
     write_artifact(out / "model", learn, recipe, data.classes, [])
+
+
+def make_trained_model(out: Path, size: int) -> None:
+    """A tiny_cpu model trained as a user trains it (`vehicle-ray train`, 2 workers, 8 epochs on 400
+    sample images at `size` px): confident on most images, as adaptive TTA needs, with model.json's
+    adaptive_tta fitted on its validation set."""
+    from vehicle_ray.sample_data import write_sample_data
+
+    write_sample_data(out / "train", train=400, test=0, size=size, seed=1)
+    cmd = [sys.executable, "-m", "vehicle_ray.cli", "train", "--csv", str(out / "train" / "train.csv")]
+    cmd += ["--images", str(out / "train" / "images"), "--out", str(out / "model"), "--config", "tiny_cpu"]
+    cmd += ["--size", str(size), "--workers", "2", "--storage-path", str(out / "ray_runs")]
+    timed(cmd)
 
 
 def rss_sampler(stop: threading.Event, peak: list[int]) -> None:
@@ -180,6 +199,47 @@ def timings(args, work: Path, images: Path, model: Path, flags: list[str]) -> di
     }
 
 
+def adaptive_vs_full(args, work: Path, images: Path, model: Path, flags: list[str]) -> dict:
+    """Full and adaptive TTA, interleaved, --repeats times each (plus one more full run for TTA's own
+    label noise): medians of whole-process wall time, and from the predictions the passes per image,
+    label agreement and accuracy where `images`' parent holds the dump's train.csv."""
+    import pandas as pd
+
+    n = count_files(images)
+    walls: dict[str, list[float]] = {"full": [], "adaptive": []}
+    labels: dict[str, pd.Series] = {}
+    passes = []
+    for i in range(max(1, args.repeats)):
+        for mode in ("full", "adaptive"):
+            out = work / f"{mode}{i}"
+            walls[mode].append(timed(score_cmd(model, images, out, *flags, "--tta-mode", mode))[0])
+            rows = pd.read_parquet(out / "predictions", columns=["path", "label", "tta_passes"]).set_index("path")
+            labels[f"{mode}{i}"] = rows["label"]
+            if mode == "adaptive":
+                passes.append(float(rows["tta_passes"].mean()))
+        print(f"repeat {i + 1}: full {walls['full'][-1]:.1f}s, adaptive {walls['adaptive'][-1]:.1f}s", flush=True)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    result = {
+        "median_wall_s": med,
+        "images_per_s": {k: round(n / v, 2) for k, v in med.items()},
+        "adaptive_speedup": round(med["full"] / med["adaptive"], 3),
+        "passes_per_image": {"full": None, "adaptive": round(statistics.median(passes), 4)},
+        "label_agreement_adaptive_vs_full": round(float((labels["adaptive0"] == labels["full0"]).mean()), 5),
+        "label_agreement_full_vs_full": round(float((labels["full0"] == labels[f"full{len(passes) - 1}"]).mean()), 5)
+        if len(passes) > 1
+        else None,
+    }
+    truth_csv = images.parent / "train.csv"
+    if truth_csv.is_file():
+        truth = pd.read_csv(truth_csv, dtype=str)
+        truth.index = [str(images / f) for f in truth.iloc[:, 0]]
+        result["accuracy"] = {
+            mode: round(float((labels[f"{mode}0"] == truth.iloc[:, 1].reindex(labels[f"{mode}0"].index)).mean()), 5)
+            for mode in walls
+        }
+    return result
+
+
 def count_files(images: Path) -> int:
     return sum(1 for f in images.iterdir() if f.is_file())
 
@@ -231,16 +291,21 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="score the files of this directory instead of generated ones")
     ap.add_argument("--exact-decode", action="store_true", help="pass --exact-decode to vehicle-ray score")
     ap.add_argument("--ray", action="store_true", help="always the Ray pipeline (--in-process-up-to 0)")
+    ap.add_argument("--adaptive", action="store_true", help="full vs adaptive TTA with a trained model")
+    ap.add_argument("--model", type=Path, help="score with this artifact instead of making one (e.g. a kept one)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
-    make_model(work, args.size)
+    if args.model is None:
+        (make_trained_model if args.adaptive else make_model)(work, args.size)
     if args.dump is None:
         write_sample_data(work / "dump", train=args.images, test=0, size=args.size, seed=2)
-    images, model = args.dump or work / "dump" / "images", work / "model"
+    images, model = args.dump or work / "dump" / "images", args.model or work / "model"
     flags = (["--exact-decode"] if args.exact_decode else []) + (["--in-process-up-to", "0"] if args.ray else [])
     result: dict = {"images": count_files(images), "size": args.size, "repeats": args.repeats, "threads": args.threads}
     result["score_flags"] = flags
-    if args.commits is not None:
+    if args.adaptive:
+        result["adaptive_vs_full"] = adaptive_vs_full(args, work, images, model, flags)
+    elif args.commits is not None:
         result["commit_cost"] = commit_cost(args, work, images, model, flags)
     elif args.repeats:
         result.update(timings(args, work, images, model, flags))

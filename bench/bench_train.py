@@ -7,6 +7,8 @@ its epoch times (start-up before the first epoch, the export after the last), fr
 vehicle-ray records in metrics.csv and plain_fastai_train.py prints. Each repeat also times
 ray_train_floor.py, Ray Train with the same workers and nothing to train (whole process): the part
 of vehicle-ray's fixed part that any Ray Train job pays here, and what vehicle-ray adds over it.
+`median_overhead_s` is vehicle-ray's whole process minus that floor minus plain fastai's epochs in the
+same repeat: everything vehicle-ray adds, its slower epochs included.
 
     .venv/bin/python bench/bench_train.py [--repeats 3] [--config tiny_cpu] [--train 400] [--workers 1]
 """
@@ -106,6 +108,11 @@ def main() -> None:
         "median_fixed_s": {k: round(statistics.median(r[0] - r[2] for r in rows[k]), 2) for k in rows},
         "median_fixed_over_floor_s": round(
             statistics.median(w - e - f for (w, _, e), f in zip(rows["ray"], floor, strict=True)), 2
+        ),
+        # what vehicle-ray costs beyond Ray Train's floor and plain fastai's own epochs (issue #27's bar: < 5 s)
+        "median_overhead_s": round(
+            statistics.median(r[0] - f - p[2] for r, p, f in zip(rows["ray"], rows["fastai"], floor, strict=True)),
+            2,
         ),
         "median_accuracy": {k: median(k, 1) for k in rows},
         "ray_train_floor_s": [round(f, 1) for f in floor],

@@ -27,8 +27,8 @@ from scipy.special import softmax
 from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON
 from vehicle_ray.calibration import TEMPERATURE_BOUNDS, apply_temperature, ece, fit_temperature, nll
 from vehicle_ray.data import FN, LABEL
-from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.validation import validation_set
+from vehicle_ray.tta import TTASettings
 
 
 def passes(model_dir: Path, csv: Path, tta: TTASettings):

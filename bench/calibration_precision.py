@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vehicle_ray.artifact import ONNX, ONNX_INT8, load_torch_model, open_artifact
+from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
 from vehicle_ray.calibration import apply_temperature, ece, fit_temperature, nll
+from vehicle_ray.network import load_torch_model
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.decode import decode_image
 from vehicle_ray.score.predictor import onnx_forward
-from vehicle_ray.score.tta import TTASettings, tta_probabilities
+from vehicle_ray.tta import TTASettings, tta_probabilities
 
 
 def autocast_forward(model: torch.nn.Module, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vehicle_ray.artifact import ONNX_INT8, load_torch_model, open_artifact
+from vehicle_ray.artifact import ONNX_INT8, open_artifact
+from vehicle_ray.network import load_torch_model
 from vehicle_ray.score.decode import decode_image
 
 MAX_BATCHES = 4

@@ -306,8 +306,9 @@ step gpu gpu_info
 step data vr sample-data "$WORK/data" --train "$N_TRAIN" --test "$N_TEST" --size "$SIZE"
 step weights make_weights
 
+# --bs-per-worker: BS on each GPU whatever --workers is (--bs is the global batch, split over the workers)
 TRAIN=(vr train --csv "$WORK/data/train.csv" --images "$WORK/data/images" --arch "$ARCH" --size "$SIZE"
-    --bs "$BS" --pretrained --weights "$WORK/weights.pth" --freeze-epochs 1 --epochs 1 "$ON_DEVICE"
+    --bs-per-worker "$BS" --pretrained --weights "$WORK/weights.pth" --freeze-epochs 1 --epochs 1 "$ON_DEVICE"
     --storage-path "$WORK/ray_results" --overwrite)
 
 step train "${TRAIN[@]}" --workers 1 --out "$WORK/model"

@@ -18,7 +18,7 @@ from vehicle_ray.artifact import ONNX, ONNX_INT8, open_artifact
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.decode import decode_image
 from vehicle_ray.score.predictor import onnx_forward
-from vehicle_ray.score.tta import TTASettings, tta_probabilities
+from vehicle_ray.tta import TTASettings, tta_probabilities
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:

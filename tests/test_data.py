@@ -18,8 +18,8 @@ def small(tmp_path_factory) -> Path:
     return out
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "labels.csv"
+def write(tmp_path: Path, text: str, name: str = "labels.csv") -> Path:
+    p = tmp_path / name
     p.write_text(text)
     return p
 
@@ -131,4 +131,47 @@ def test_cli_bad_input_is_one_line_exit_2(small, tmp_path, csv_text, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_later_csvs_override_labels_and_add_names(small, tmp_path):
+    first = write(tmp_path, "image_names,emergency_or_not\n1000.jpg,0\n1001.jpg,1\n1002.jpg,0\n", "first.csv")
+    second = write(tmp_path, "fn,label\n1001.jpg,0\n1003.jpg,1\n", "second.csv")
+    data = read_labeled_csv([first, second], small / "images")
+    assert dict(zip(data.items["fn"], data.items["label"], strict=True)) == {
+        "1000.jpg": "0",
+        "1001.jpg": "0",  # the later file wins
+        "1002.jpg": "0",
+        "1003.jpg": "1",
+    }
+    assert data.classes == ["0", "1"]
+
+
+def test_each_csv_is_validated_on_its_own(small, tmp_path):
+    first = write(tmp_path, "image_names,emergency_or_not\n1000.jpg,0\n1001.jpg,1\n", "first.csv")
+    dup = write(tmp_path, "fn,label\n1002.jpg,0\n1002.jpg,1\n", "dup.csv")
+    with pytest.raises(InputError, match=r"duplicate file names in .*dup\.csv"):
+        read_labeled_csv([first, dup], small / "images")
+    narrow = write(tmp_path, "fn\n1002.jpg\n", "narrow.csv")
+    with pytest.raises(InputError, match=r"label column index 1 is out of range: .*narrow\.csv"):
+        read_labeled_csv([first, narrow], small / "images")
+
+
+def test_cli_second_csv_with_bad_rows_is_one_line_exit_2(small, tmp_path):
+    extra = write(tmp_path, "fn,label\n1002.jpg,\n", "extra.csv")
+    r = run_cli(
+        "train",
+        "--csv",
+        str(small / "train.csv"),
+        "--csv",
+        str(extra),
+        "--images",
+        str(small / "images"),
+        "--out",
+        str(tmp_path / "m"),
+        "--config",
+        "tiny_cpu",
+    )
+    assert r.returncode == 2, r.stderr
+    assert "extra.csv have an empty label" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0, r.stderr

@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from vehicle_ray.cli import build_recipe, cli
-from vehicle_ray.recipe import Recipe
+from vehicle_ray.recipe import Recipe, global_batch, per_worker_batch
 from vehicle_ray.score.options import ScoreOptions, parse_actors
 from vehicle_ray.score.planning import Plan, plan_resources, read_ahead_bytes
 from vehicle_ray.train.config import TrainOptions
@@ -212,7 +212,9 @@ def load_jobs(directory: Path) -> list[Job]:
 def recipe_of(params: dict[str, Any]) -> Recipe:
     """The recipe `train` builds from its parsed options (the ones its callback does not name are recipe flags)."""
     named = set(inspect.signature(cli.commands["train"].callback).parameters)
-    return build_recipe(**{k: v for k, v in params.items() if k not in named})[0]
+    flags = {k: v for k, v in params.items() if k not in named}
+    flags["bs"] = global_batch(flags["bs"], params["bs_per_worker"], params["workers"])
+    return build_recipe(**flags)[0]
 
 
 def train_options(params: dict[str, Any]) -> TrainOptions:
@@ -293,7 +295,8 @@ def train_problems(job: Job) -> list[str]:
             problems.append(f"--workers {opts.workers} x {bundle}: the groups' maxReplicas place {places}")
         capability = (8, 0) if opts.use_gpu else None
         hardware = worker_hardware(opts.use_gpu, max(1, int(cpus)), capability, opts.loader_workers)
-        batches = loader_shm_bytes(hardware.loader_workers, loader_batch_bytes(recipe.bs, recipe.size))
+        worker_bs = per_worker_batch(recipe.bs, opts.workers)
+        batches = loader_shm_bytes(hardware.loader_workers, loader_batch_bytes(worker_bs, recipe.size))
         for g in groups:
             loader[g.name] = max(loader[g.name], g.fits(bundle) * batches)
     return problems + [p for g in [job.head, *job.workers] for p in shm_problems(g, loader.get(g.name, 0))]

@@ -80,6 +80,7 @@ def test_wheel_contains_bundled_recipes(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     missing = [f"vehicle_ray/configs/{n}.toml" for n in BUNDLED if f"vehicle_ray/configs/{n}.toml" not in names]
     assert not missing, f"wheel lacks package data {missing}"
+    assert "vehicle_ray/report/templates/review.html" in names, "wheel lacks the review page template"
 
 
 def test_import_comes_from_the_wheel(installed):

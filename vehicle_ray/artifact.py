@@ -9,7 +9,8 @@
                        TTA defaults, validation metrics, library versions, sha256 of every file;
                        fitted on the validation set as scoring serves it: calibration (temperature
                        scaling), monitoring_baseline (class rates, confidence histogram) and, for a
-                       positive class, operating_point (threshold, achieved precision/recall)
+                       positive class, operating_point (threshold, achieved precision/recall);
+                       adaptive_tta (the plain-pass confidence above which TTA's passes are skipped)
     metrics.csv        one row per epoch: stage, epoch, losses, metrics, seconds
     training_curves.png  losses and metrics per epoch, stage boundaries marked
 
@@ -37,27 +38,38 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
+from vehicle_ray.adaptive_tta import (
+    AdaptiveGate,
+    adaptive_probabilities,
+    fit_adaptive_threshold,
+    served_probabilities,
+)
 from vehicle_ray.calibration import apply_temperature, calibration_record
 from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
 from vehicle_ray.monitoring import baseline, confidence_histogram
+from vehicle_ray.plotting import training_curves
 from vehicle_ray.recipe import HISTORY_FIELDS, Recipe
-from vehicle_ray.report.plots import training_curves
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where it is used: the scoring driver reads artifacts without it
     import torch
 
-    from vehicle_ray.train.validation import ValidationSet
+    from vehicle_ray.tta import ValidationSet
 
 MODEL_JSON = "model.json"
 EXPORT_PKL = "export.pkl"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+# Augmented training images that static int8 quantization calibrates its activation ranges on: the
+# int8 agreement figures in BENCHMARKS.md (bench/tta_precision.py) were measured with this many.
 CALIBRATION_IMAGES = 128
+# ONNX opset of the exported model: the TorchScript exporter (dynamo=False) writes it and every
+# onnxruntime the pins admit runs it; a ResNet needs nothing newer.
+ONNX_OPSET = 17
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "training_curves.png"
 ARTIFACT_FILES = (MODEL_JSON, EXPORT_PKL, WEIGHTS, ONNX, ONNX_INT8, METRICS_CSV, CURVES_PNG)
@@ -74,8 +86,13 @@ def sha256_stream(f: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
+def sha256_file(location: str | Path) -> str:
+    """sha256 of a file at a local path or a URI (s3://..., file:///...)."""
+    if not is_uri(location):
+        with open(location, "rb") as f:
+            return sha256_stream(f)
+    fs, path, _ = resolve_location(location, "file")
+    with fs.open_input_stream(path) as f:
         return sha256_stream(f)
 
 
@@ -108,7 +125,7 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
         output_names=["logits"],
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         dynamo=False,
-        opset_version=17,
+        opset_version=ONNX_OPSET,
     )
 
 
@@ -173,7 +190,8 @@ def validation_fields(
     validation set. Temperature scaling is fitted on the served probabilities, after the TTA blend
     (bench/calibration_modes.py measured it against scaling each pass's logits before the blend: as
     good or better here, and it never changes a label), once for TTA as configured and once for the
-    plain pass that `--no-tta` serves."""
+    plain pass that `--no-tta` serves. Adaptive TTA's threshold (adaptive_tta.py) is fitted on the same
+    set, and its drift baseline on what it serves there."""
     tta, plain = (calibration_record(p, validation.targets) for p in (validation.probs, validation.plain))
     served = {"tta": validation.probs, "plain": validation.plain}
     temperatures = {"tta": tta["temperature"], "plain": plain["temperature"]}
@@ -183,19 +201,27 @@ def validation_fields(
             "method": "temperature",
             "applied_to": "served probabilities: softmax(log(p) / temperature), after the TTA blend",
             # the validation pass runs the fp32 model (after train.hardware.plain_fp32), while scoring serves
-            # TTA from int8 on CPU actors and bf16/fp16 on GPU actors: bench/calibration_precision.py, README
+            # TTA from int8 on CPU actors and bf16/fp16 on GPU actors: bench/calibration_precision.py, BENCHMARKS.md
             "fitted_precision": CALIBRATION_PRECISION,
             "validation_images": int(len(validation.targets)),
             "tta": {"n": validation.tta.n, "beta": validation.tta.beta, **tta},
             "plain": plain,
         },
-        "monitoring_baseline": {
-            mode: {
-                **baseline(calibrated[mode], classes),
-                "confidence_histogram_raw": confidence_histogram(served[mode].max(axis=1)),
-            }
-            for mode in served
-        },
+    }
+    adaptive = fit_adaptive_threshold(validation.plain, validation.probs)
+    fields["adaptive_tta"] = adaptive
+    if adaptive["threshold"] is not None:  # what adaptive TTA serves, for its drift baseline
+        gate = AdaptiveGate(adaptive["threshold"])
+        served["adaptive"], skipped = adaptive_probabilities(validation.plain, validation.probs, gate)
+        calibrated["adaptive"] = served_probabilities(
+            served["adaptive"], skipped, temperatures["plain"], temperatures["tta"]
+        )
+    fields["monitoring_baseline"] = {
+        mode: {
+            **baseline(calibrated[mode], classes),
+            "confidence_histogram_raw": confidence_histogram(served[mode].max(axis=1)),
+        }
+        for mode in served
     }
     if target is not None:
         positive = target.check_classes(classes)
@@ -253,8 +279,10 @@ def write_model_json(
     training: dict[str, Any] | None = None,
     validation: ValidationSet | None = None,
     target: OperatingTarget | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict:
-    """model.json, the commit point, for the artifact `files` ({name: sha256}) already in `directory`."""
+    """model.json, the commit point, for the artifact `files` ({name: sha256}) already in `directory`.
+    `data`: what it was trained on (every labeled CSV's sha256, image and split counts), when known."""
     files = {name: files[name] for name in ARTIFACT_FILES if name in files}
     final = {k: v for k, v in (history[-1] if history else {}).items() if k not in HISTORY_FIELDS}
     normalize = None
@@ -278,6 +306,7 @@ def write_model_json(
         **(validation_fields(validation, list(classes), target) if validation is not None else {}),
         "recipe": recipe.to_dict(),
         "training": training or {},
+        **({"data": data} if data is not None else {}),
         "versions": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
@@ -425,15 +454,3 @@ def open_artifact(directory: str | Path, verify: Iterable[str] = (WEIGHTS,)) -> 
                 f"{d / name} does not match the sha256 in {MODEL_JSON}: refusing a tampered or partial model"
             )
     return Artifact(directory=d, meta=meta)
-
-
-def load_torch_model(artifact: Artifact) -> torch.nn.Module:
-    """Rebuild the fastai vision model from model.json and load the safetensors weights (no pickle)."""
-    from fastai.vision.learner import create_vision_model
-    from safetensors.torch import load_file
-
-    from vehicle_ray.train.learner import arch_fn
-
-    model = create_vision_model(arch_fn(artifact.meta["arch"]), len(artifact.classes), pretrained=False)
-    model.load_state_dict(load_file(str(artifact.path(WEIGHTS))))
-    return model.eval()

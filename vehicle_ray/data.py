@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -152,9 +153,29 @@ def missing_files(root: ImageRoot, names: list[str], chunk: int = 2000) -> list[
 
 
 def read_labeled_csv(
-    csv: str | Path, images: str | Path, fn_col: str | int = 0, label_col: str | int = 1
+    csv: str | Path | Sequence[str | Path], images: str | Path, fn_col: str | int = 0, label_col: str | int = 1
 ) -> LabeledSet:
-    """Read and validate a labeled CSV (fastai's from_df convention: fn_col=0, label_col=1)."""
+    """Read and validate one labeled CSV, or several (fastai's from_df convention: fn_col=0, label_col=1).
+    With several, a later file's label for a file name overrides an earlier one's, so corrections
+    exported from a review page go last; each file is validated on its own, with the same columns."""
+    csvs = [csv] if isinstance(csv, (str, Path)) else list(csv)
+    items = pd.concat([_read_items(c, fn_col, label_col) for c in csvs], ignore_index=True)
+    items = items.drop_duplicates(FN, keep="last").reset_index(drop=True)
+    shown = " + ".join(map(str, csvs))
+    classes = sorted(items[LABEL].unique().tolist())
+    if len(classes) < 2:
+        raise InputError(f"{shown} has a single class ({classes[0]!r}); classification needs at least two")
+    root = open_root(images)
+    missing = missing_files(root, items[FN].tolist())
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(items)} images listed in {shown} do not exist under {images}: {_quote(missing)}"
+        )
+    return LabeledSet(items=items, root=root, classes=classes)
+
+
+def _read_items(csv: str | Path, fn_col: str | int, label_col: str | int) -> pd.DataFrame:
+    """One CSV's validated (fn, label) rows."""
     df = read_csv(csv)
     fn = resolve_column(df, fn_col, "file-name", csv)
     label = resolve_column(df, label_col, "label", csv)
@@ -165,16 +186,7 @@ def read_labeled_csv(
     blank = items[items[LABEL] == ""]
     if len(blank):
         raise InputError(f"{len(blank)} rows of {csv} have an empty label (first: {blank[FN].iloc[0]})")
-    classes = sorted(items[LABEL].unique().tolist())
-    if len(classes) < 2:
-        raise InputError(f"{csv} has a single class ({classes[0]!r}); classification needs at least two")
-    root = open_root(images)
-    missing = missing_files(root, items[FN].tolist())
-    if missing:
-        raise InputError(
-            f"{len(missing)} of {len(items)} images listed in {csv} do not exist under {images}: {_quote(missing)}"
-        )
-    return LabeledSet(items=items.reset_index(drop=True), root=root, classes=classes)
+    return items
 
 
 def split_indices(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

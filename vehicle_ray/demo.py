@@ -11,23 +11,51 @@ import logging
 import shutil
 from pathlib import Path
 
-import pandas as pd
-
-from vehicle_ray.recipe import load_recipe
-from vehicle_ray.report.evaluate import evaluate
-from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
-from vehicle_ray.score.driver import score
-from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.train.config import TrainOptions
-from vehicle_ray.train.driver import train
+from vehicle_ray.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-def run_demo(out: str | Path, workers: int = 2) -> dict[str, object]:
-    out = Path(out).resolve()
-    if out.exists():
+# Written into the demo's directory when the demo creates it: a later demo may replace such a directory
+# without --force, never one it did not make.
+MARKER = ".vehicle-ray-demo"
+
+
+def prepare_out(out: str | Path, force: bool = False) -> Path:
+    """The demo's directory, emptied: refused (InputError, exit 2) when it is the current or home
+    directory, or a non-empty directory no demo created, unless `force` (the demo replaces it whole)."""
+    out = Path(out).expanduser().resolve()
+    if not force:
+        if out in (Path.cwd().resolve(), Path.home().resolve()):
+            raise InputError(f"demo --out {out} is the current or home directory; pick a new directory (or --force)")
+        if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists()):
+            raise InputError(
+                f"demo --out {out} is not empty and was not made by the demo; pick a new directory (or --force "
+                "to replace it)"
+            )
+    if out.is_dir():
         shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by `vehicle-ray demo`: a later demo replaces this directory\n")
+    return out
+
+
+def run_demo(out: str | Path, workers: int = 2, force: bool = False) -> dict[str, object]:
+    """Run the whole pipeline into `out` (see prepare_out for when it may be replaced) and log a summary."""
+    out = prepare_out(out, force)
+    # the pipeline's imports (Ray, pandas, the training stack) come after the check: a refused --out is instant
+    import pandas as pd
+
+    from vehicle_ray.recipe import load_recipe
+    from vehicle_ray.report.evaluate import evaluate
+    from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
+    from vehicle_ray.score.driver import score
+    from vehicle_ray.score.options import ScoreOptions
+    from vehicle_ray.train.config import TrainOptions
+    from vehicle_ray.train.driver import train
+
     data, model, scores = out / "data", out / "model", out / "scores"
     logger.info(f"[1/4] sample data -> {data}")
     write_sample_data(data, train=400, test=100, size=64, seed=0)

@@ -3,7 +3,7 @@
 InputError means "the user gave us something we cannot use".
 
 The CLI turns it into a one-line message and exit code 2; anything else is a bug or an environment
-failure and exits 1. Schedulers get their own codes, never 1 or 2 (README "Exit codes").
+failure and exits 1. Schedulers get their own codes, never 1 or 2 (docs/outputs.md "Exit codes").
 """
 
 from typing import Any
@@ -15,6 +15,7 @@ EXIT_DRIFT = 3  # score --fail-on-drift: the run is committed, but its data drif
 # the command was right, and a schedule retries it (the systemd unit stops retrying only on 2 and 3).
 EXIT_UNAVAILABLE = 69
 EXIT_LEASE_LOST = 76  # EX_PROTOCOL: another run took the output over; what this run committed before stays
+EXIT_PROMOTION_REFUSED = 77  # EX_NOPERM: promote's gate kept the champion (the candidate is worse)
 
 
 class InputError(Exception):
@@ -33,6 +34,11 @@ class LeaseLost(Exception):
 class ResourcesUnavailable(Exception):
     """Gave up waiting for the cluster's CPUs/GPUs (--wait-for-resources): one line, exit code 69, try later
     (scoring's committed chunks stay; an --incremental rerun continues)."""
+
+
+class PromotionRefused(Exception):
+    """`promote` kept the champion: the candidate is worse than it by more than --max-drop on the gate's
+    metric. One line, exit code 77; the comparison report is written, no alias moved, nothing published."""
 
 
 class DriftAlert(Exception):

@@ -190,6 +190,9 @@ def run_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "drift": drift_of(r),
                 "flags": m.get("flags", []),
                 "calibrated": (r.get("calibration") or {}).get("applied"),
+                "model_id": r.get("model_id"),
+                "model_registry_name": r.get("model_registry_name"),
+                "model_registry_version": r.get("model_registry_version"),
             }
         )
     return rows
@@ -197,11 +200,13 @@ def run_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """`runs` as a fixed-width text table."""
-    header = ["RUN", "TIME", "FILES", "ERRORS", "CLASS RATES", "MEAN CONF", "DRIFT", "FLAGS"]
+    header = ["RUN", "TIME", "MODEL", "VERSION", "FILES", "ERRORS", "CLASS RATES", "MEAN CONF", "DRIFT", "FLAGS"]
     lines = [
         [
             r["run"],
             r["time"],
+            _cell(r["model_id"]),
+            _registry_cell(r),
             _cell(r["files"]),
             _cell(r["errors"]),
             " ".join(f"{c}={v:.2f}" for c, v in r["class_rates"].items()) if r["class_rates"] else "-",
@@ -219,3 +224,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _registry_cell(row: dict[str, Any]) -> str:
+    """NAME/VERSION of a run's registry model (a models:/ --model), else "-": a new version in this
+    column tells a new model from drift in the columns beside it."""
+    name, version = row["model_registry_name"], row["model_registry_version"]
+    return f"{name}/{version}" if name else "-"

@@ -40,6 +40,10 @@ class Stage:
         """What fastai's fit_one_cycle takes as lr_max."""
         return slice(self.lr_min, self.lr) if self.lr_min is not None else self.lr
 
+    def rates(self) -> dict[str, float]:
+        """The stage's peak rates by name (lr, and lr_min when discriminative), as model.json records them."""
+        return {"lr": self.lr} if self.lr_min is None else {"lr": self.lr, "lr_min": self.lr_min}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -48,7 +52,7 @@ class Recipe:
     weights: str | None = None
     size: int = 299
     resize_method: str = "squish"
-    bs: int = 64
+    bs: int = 64  # the global batch: each of N workers takes bs/N (per_worker_batch), as one process would take bs
     valid_pct: float = 0.2
     seed: int = 42
     do_flip: bool = True
@@ -127,6 +131,44 @@ class Recipe:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+def per_worker_batch(bs: int, workers: int) -> int:
+    """Each worker's batch when the recipe's global batch `bs` is split over `workers` data-parallel ranks.
+
+    DDP averages the ranks' gradients, so N workers at bs/N take the same optimizer steps, as many per
+    epoch, as one process at bs: the recipe (and its learning rates) mean the same at any worker count.
+    An uneven split would change the global batch, so it is refused, naming what would work."""
+    if bs >= workers and bs % workers == 0:
+        return bs // workers
+    nearest = max(workers, round(bs / workers) * workers)
+    raise InputError(
+        f"--bs {bs} is the global batch, split evenly over --workers {workers}: pass a multiple of {workers} "
+        f"(e.g. --bs {nearest}), or --bs-per-worker {max(1, bs // workers)} for that batch on each worker"
+    )
+
+
+def global_batch(bs: int | None, bs_per_worker: int | None, workers: int) -> int | None:
+    """The global batch that `--bs` or `--bs-per-worker` (DDP's convention: the batch on each of `workers`)
+    asks for; None when neither is given (the recipe's `bs` stays)."""
+    if bs_per_worker is None:
+        return bs
+    if bs is not None:
+        raise InputError("--bs (the global batch) and --bs-per-worker (each worker's) say the same thing: pass one")
+    if bs_per_worker < 1:
+        raise InputError(f"--bs-per-worker must be >= 1 (got {bs_per_worker})")
+    return bs_per_worker * workers
+
+
+def scaling_record(recipe: Recipe, workers: int) -> dict[str, Any]:
+    """How a run of `recipe` on `workers` ranks batched and which peak rates its stages used (model.json's
+    `training`): the learning rates are the recipe's as written at every worker count, because the
+    global batch is."""
+    return {
+        "global_batch": recipe.bs,
+        "per_worker_batch": per_worker_batch(recipe.bs, workers),
+        "stage_lrs": [s.rates() for s in recipe.effective_stages()],
+    }
 
 
 # The one table of metrics a recipe can name: name -> (fastai.metrics attribute, keyword arguments).

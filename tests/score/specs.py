@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from vehicle_ray.score.model import ModelSpec
-from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.tta import TTASettings
 
 
 def model_spec(has_int8: bool = True, n: int = 4, beta: float = 0.25) -> ModelSpec:

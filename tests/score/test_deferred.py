@@ -42,7 +42,7 @@ def rows(outcomes: dict[str, str | None]) -> pa.Table:
 
 @pytest.fixture
 def store(tmp_path) -> OutputStore:
-    return OutputStore.open(str(tmp_path / "out"))
+    return OutputStore.create(str(tmp_path / "out"))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from vehicle_ray.score.planning import (
     tta_settings,
 )
 from vehicle_ray.score.predictor import Predictor, gpu_autocast_dtype, move_transform_tensors
-from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.tta import TTASettings
 
 SIZE = 32
 
@@ -98,7 +98,7 @@ def test_a_gpu_planned_actor_without_a_gpu_says_so(artifact):
 def test_the_artifact_transforms_are_built_on_cpu_even_with_a_gpu_visible(artifact, gpu_visible):
     """train.learner's Normalize.from_stats(cuda=True) would put the stats on cuda:0 (and fail here)."""
     from vehicle_ray.artifact import open_artifact
-    from vehicle_ray.score.predictor import artifact_batch_transforms
+    from vehicle_ray.network import artifact_batch_transforms
 
     transforms = artifact_batch_transforms(open_artifact(artifact).meta)
     norms = [t for t in transforms if type(t).__name__ == "Normalize"]

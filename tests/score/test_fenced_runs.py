@@ -53,7 +53,7 @@ def rows(out: str, kind: str, env: dict) -> pd.DataFrame:
 
     for key, value in env.items():
         os.environ[key] = value
-    store = OutputStore.open_existing(out)
+    store = OutputStore.open(out)
     files = store.committed_files(kind)
     return (
         pd.concat([pd.read_parquet(f, filesystem=store.fs) for f in files]) if files else pd.DataFrame(columns=["path"])

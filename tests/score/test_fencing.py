@@ -35,7 +35,7 @@ def take_over(out: Path, frozen: Lease) -> Lease:
 
 
 def test_a_frozen_holder_cannot_commit_recover_or_finish_after_a_take_over(tmp_path):
-    store = OutputStore.open(tmp_path)
+    store = OutputStore.create(tmp_path)
     a = Lease(LocalLeaseBackend(tmp_path / LEASE_FILE), "run-a", ttl=0.5)
     a.acquire()
     first = store.commit_chunk(store.stage_chunk("run-a", 1, rows(["/a"])), a)  # before the freeze: stays
@@ -71,7 +71,7 @@ def test_a_frozen_holder_cannot_commit_recover_or_finish_after_a_take_over(tmp_p
 
 def test_a_second_take_over_inherits_the_fences_the_first_did_not_write(tmp_path):
     """B takes A over and dies before fencing; C takes B over and fences both."""
-    store = OutputStore.open(tmp_path)
+    store = OutputStore.create(tmp_path)
     a = Lease(LocalLeaseBackend(tmp_path / LEASE_FILE), "run-a", ttl=0.5)
     a.acquire()
     store.commit_chunk(store.stage_chunk("run-a", 1, rows(["/a"])), a)
@@ -86,7 +86,7 @@ def test_a_second_take_over_inherits_the_fences_the_first_did_not_write(tmp_path
 
 
 def test_a_record_whose_data_is_gone_is_quarantined_and_its_files_scored_again(tmp_path, monkeypatch):
-    store = OutputStore.open(tmp_path)
+    store = OutputStore.create(tmp_path)
     commit(store, "r1", 1, ["/a"])
     record = store.stage_chunk("r1", 2, rows(["/b", "/x"]))
 
@@ -121,7 +121,7 @@ def test_every_file_the_commit_relies_on_is_synced_before_the_commit_point_and_a
 
     monkeypatch.setattr(durable.os, "fsync", fsync)
     monkeypatch.setattr(durable.os, "replace", replace)
-    store = OutputStore.open(tmp_path)
+    store = OutputStore.create(tmp_path)
     staged = store.stage_chunk("r1", 1, rows(["/a", "/b"], failed=frozenset({"/b"})))
     store.commit_chunk(staged)
 

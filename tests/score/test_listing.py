@@ -160,7 +160,7 @@ def manifest_rows(manifest: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("done_names", [[], ["a/2.jpg"], ["z.JPG", "0.webp", "a/2.jpg"], IMAGES])
 def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names):
-    store = OutputStore.open(str(tmp_path / "out"))
+    store = OutputStore.create(str(tmp_path / "out"))
     root, chunks, _ = iter_listing(tree, None, ScoreOptions(), chunk=3)
     done = np.sort(path_hashes([root.full_name(n) for n in done_names + ["elsewhere/not-listed.jpg"]]))
     manifest, listed, new = write_manifest(store, "run1", root, chunks, lambda h: np.isin(h, done))
@@ -174,7 +174,7 @@ def test_manifest_is_the_listing_minus_the_done_files(tmp_path, tree, done_names
 
 
 def test_manifest_without_done_files_lists_everything(tmp_path, tree):
-    store = OutputStore.open(str(tmp_path / "out"))
+    store = OutputStore.create(str(tmp_path / "out"))
     root, chunks, _ = iter_listing(tree, None, ScoreOptions(), chunk=3)
     manifest, listed, new = write_manifest(store, "run1", root, chunks, None)
     assert listed == new == len(IMAGES)

@@ -65,13 +65,13 @@ def score(model: Path, dump: Dump, *extra: str) -> dict:
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from vehicle_ray.score.store import OutputStore
 
-    return OutputStore.open_existing(dump.out).read_json("summary.json")
+    return OutputStore.open(dump.out).read_json("summary.json")
 
 
 def committed_paths(dump: Dump) -> pd.Series:
     from vehicle_ray.score.store import ERRORS, PREDICTIONS, OutputStore
 
-    store = OutputStore.open_existing(dump.out)
+    store = OutputStore.open(dump.out)
     files = store.committed_files(PREDICTIONS) + store.committed_files(ERRORS)
     return pd.concat([pd.read_parquet(f, filesystem=store.fs, columns=["path"])["path"] for f in files])
 
@@ -99,7 +99,7 @@ def test_each_night_lists_only_the_new_prefix(trained_model, sample_dir, tmp_pat
 
     from vehicle_ray.score.store import OutputStore
 
-    store = OutputStore.open_existing(dump.out)
+    store = OutputStore.open(dump.out)
     key_file = f"_listing/{listing['key']}.json"
     lagging = {**store.read_json(key_file), "watermark": max(night_files(sample_dir, 1))}
     store.write_json(key_file, lagging)  # as if a crash hit between night 3's run record and its watermark

@@ -115,5 +115,5 @@ def test_score_help_shows_the_librarys_choices_and_defaults():
     text = " ".join(result.output.split())
     assert f"[{'|'.join(BACKENDS)}]" in text
     assert f"[{'|'.join(TTA_PRECISIONS)}]" in text
-    batch_line = next(line for line in result.output.splitlines() if "--batch-size" in line)
+    batch_line = next(line for line in result.output.splitlines() if "--bs " in line)
     assert f"[default: {ScoreOptions().batch_size}]" in batch_line

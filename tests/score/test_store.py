@@ -61,7 +61,7 @@ def paths_in(store: OutputStore, kind: str) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path) -> OutputStore:
-    return OutputStore.open(str(tmp_path / "out"))
+    return OutputStore.create(str(tmp_path / "out"))
 
 
 def test_split_rows_counts_and_error_columns():
@@ -174,4 +174,4 @@ def test_clear_forgets_every_run_but_not_the_lease(store):
 def test_output_that_is_a_file_is_bad_input(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        OutputStore.open(str(tmp_path / "out"))
+        OutputStore.create(str(tmp_path / "out"))

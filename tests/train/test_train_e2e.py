@@ -17,10 +17,10 @@ from vehicle_ray.artifact import (
     ONNX,
     ONNX_INT8,
     WEIGHTS,
-    load_torch_model,
     open_artifact,
 )
 from vehicle_ray.data import read_labeled_csv, split_indices
+from vehicle_ray.network import load_torch_model
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.sample_data import write_sample_data
 
@@ -195,6 +195,9 @@ def test_staged_recipe_on_two_workers_resumes_in_stage_two_then_rerun_resumes_to
         "channels_last": False,
         "cudnn_benchmark": False,
         "workers": 2,
+        "global_batch": 16,
+        "per_worker_batch": 8,
+        "stage_lrs": [{"lr": 0.002}, {"lr": 0.001}, {"lr": 0.0001, "lr_min": 0.00001}],
     }
     n, accuracy, valid_loss = single_process_validation(tmp_path / "m", data, load_recipe(tmp_path / "staged.toml"))
     assert n == 20

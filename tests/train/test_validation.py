@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.train.tiny import tiny_split
-from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.train.callback import rank_rows
 from vehicle_ray.train.learner import build_dataloaders, build_learner
 from vehicle_ray.train.validation import validation_set
+from vehicle_ray.tta import TTASettings
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 80, 81])

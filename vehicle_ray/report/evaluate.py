@@ -26,15 +26,18 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from vehicle_ray.adaptive_tta import served_probabilities
 from vehicle_ray.artifact import record_operating_point
 from vehicle_ray.calibration import ece, nll, reliability_table
 from vehicle_ray.data import FN, LABEL, read_labeled_csv
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.plots import confusion_matrix_plot, decision_curves_plot, reliability_plot, top_losses_plot
-from vehicle_ray.score.driver import score
+from vehicle_ray.score.driver import ScoreSummary, score
 from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
+from vehicle_ray.score.serving import adaptive_gate
+from vehicle_ray.tta import TTASettings
 
 TOP_LOSSES = 9
 TABLE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -153,7 +156,9 @@ def evaluate(
         scoring,
         images=images,
         allow_pickle=allow_pickle,
-        opts=opts.replace(overwrite=True, incremental=False, emit_plain=True, fn_col=0),
+        opts=opts.replace(
+            overwrite=True, incremental=False, emit_plain=True, fn_col=0, tta_mode="full", tta_threshold=None
+        ),
     )
     truth = data.items.assign(path=[data.root.full_name(f) for f in data.items[FN]]).rename(columns={LABEL: "actual"})
     predictions = pd.read_parquet(scoring / "predictions").drop(columns=["run"], errors="ignore")
@@ -178,6 +183,7 @@ def evaluate(
         "reliability": table,
     }
     reliability_plot(table, metrics["calibration"]["ece"], out / "reliability.png")
+    point = None
     if positive is not None:
         scores = probs[:, classes.index(positive)]
         point = (
@@ -189,7 +195,11 @@ def evaluate(
         decision_curves_plot(curves, positive, metrics["decision"]["operating_point"], out / "pr_roc.png")
         if save_operating_point:
             record_operating_point(model, {**point, "fitted_on": f"evaluate on {csv}"})
+    metrics["tta_modes"] = tta_modes(spec, summary, probs, plain, actual_idx, positive, point)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # pandas reads the class_probabilities map as (class, probability) pairs, which it cannot write back
+    # as a map: as a dict per row it is written as a struct with a field per class
+    joined["class_probabilities"] = joined["class_probabilities"].map(dict)
     joined.drop(columns=["plain_probabilities"]).to_parquet(out / "predictions.parquet", index=False)
     matrix = np.asarray(metrics["confusion_matrix"]["rows_actual_columns_predicted"])
     confusion_matrix_plot(matrix, classes, out / "confusion_matrix.png")
@@ -199,6 +209,45 @@ def evaluate(
     shutil.rmtree(scoring)
     listing.unlink()
     return metrics
+
+
+def tta_modes(
+    spec: ModelSpec,
+    summary: ScoreSummary,
+    probs: np.ndarray,
+    plain: np.ndarray,
+    actual_idx: np.ndarray,
+    positive: str | None,
+    point: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Full and adaptive TTA side by side on this set (accuracy, ECE, the operating point's recall and
+    precision, passes per image). Adaptive TTA's rows are computed from the same scoring run: a row
+    that skips is served the plain pass (at full precision, as adaptive scoring runs it, calibrated with
+    the plain pass's temperature), any other row full TTA's; no adaptive entry without a threshold."""
+    n = summary.tta["n"]
+    modes = {"full": (probs, np.zeros(len(probs), dtype=bool))}
+    gate = adaptive_gate(spec, TTASettings(n=n), ScoreOptions(tta_mode="adaptive"))
+    if gate is not None and n:
+        skipped = ~gate.needs_tta(plain)
+        plain_temperature = spec.calibration["plain"]["temperature"] if summary.calibration["applied"] else None
+        served_plain = served_probabilities(plain, np.ones(len(plain), dtype=bool), plain_temperature, None)
+        modes["adaptive"] = (np.where(skipped[:, None], served_plain, probs), skipped)
+    report = {}
+    for mode, (p, skipped) in modes.items():
+        report[mode] = {
+            "accuracy": round(float((p.argmax(1) == actual_idx).mean()), 6) if len(p) else None,
+            "ece": round(ece(p, actual_idx), 6) if len(p) else None,
+            "passes_per_image": round(float(np.where(skipped, 1, n + 1).mean()), 4) if len(p) else None,
+            "label_agreement_with_full": round(float((p.argmax(1) == probs.argmax(1)).mean()), 6) if len(p) else None,
+        }
+        if positive is not None and point is not None and len(p):
+            at = at_threshold(
+                p[:, spec.classes.index(positive)], actual_idx == spec.classes.index(positive), point["threshold"]
+            )
+            report[mode].update(operating_point_recall=at["recall"], operating_point_precision=at["precision"])
+    if gate is not None:
+        report["adaptive"]["threshold"] = gate.threshold
+    return report
 
 
 def _thumbnail(data, truth: pd.DataFrame, path: str) -> Image.Image:
@@ -232,12 +281,31 @@ def _write_report(out: Path, metrics: dict[str, Any], unscored: int) -> None:
         "",
         "![top losses](top_losses.png)",
         "",
+        *_tta_mode_lines(metrics["tta_modes"]),
         *_calibration_lines(metrics),
         *_decision_lines(metrics.get("decision")),
         "Data: [metrics.json](metrics.json), [predictions.parquet](predictions.parquet).",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _tta_mode_lines(modes: dict[str, Any]) -> list[str]:
+    if "adaptive" not in modes:
+        return []
+    rows = [
+        f"| {mode} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m.get('operating_point_recall', float('nan')):.3f} | "
+        f"{m['passes_per_image']:.2f} | {m['label_agreement_with_full']:.4f} |"
+        for mode, m in modes.items()
+    ]
+    return [
+        f"## Full and adaptive TTA (threshold {modes['adaptive']['threshold']})",
+        "",
+        "| TTA | accuracy | ECE | operating point's recall | passes per image | labels as full TTA |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
 
 
 def _calibration_lines(metrics: dict[str, Any]) -> list[str]:

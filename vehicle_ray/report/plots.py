@@ -1,4 +1,4 @@
-"""PNG figures for people: training curves, confusion matrix, top losses, calibration and decision
+"""PNG figures for people: confusion matrix, top losses, calibration and decision
 curves, scoring runs over time (matplotlib, Agg backend)."""
 
 from __future__ import annotations
@@ -9,41 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vehicle_ray.recipe import HISTORY_FIELDS
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend: files only, no display (workers, CI, servers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def training_curves(history: pd.DataFrame, path: Path) -> None:
-    """Train/valid loss and every metric per epoch, with the stage boundaries marked."""
-    plt = pyplot()
-    metrics = [c for c in history.columns if c not in (*HISTORY_FIELDS, "train_loss", "valid_loss")]
-    x = np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot(x, history["train_loss"], marker="o", label="train_loss")
-    axes[0].plot(x, history["valid_loss"], marker="o", label="valid_loss")
-    axes[0].set_yscale("log")
-    axes[0].set_title("loss")
-    for m in metrics:
-        axes[1].plot(x, history[m], marker="o", label=m)
-    axes[1].set_title("metrics (validation)")
-    starts = x[history["stage"].ne(history["stage"].shift()).to_numpy()][1:]
-    for ax in axes:
-        for s in starts:
-            ax.axvline(s - 0.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("epoch (all stages; dashed: stage boundary)")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+from vehicle_ray.plotting import pyplot
 
 
 def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:
@@ -74,19 +40,41 @@ def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path
 
 def top_losses_plot(rows: pd.DataFrame, load_image, path: Path, columns: int = 3) -> None:
     """A grid like fastai's plot_top_losses: image, then predicted/actual/loss/probability of actual."""
+    titles = [f"{r['label']}/{r['actual']} / {r['loss']:.2f} / {r['p_actual']:.2f}" for _, r in rows.iterrows()]
+    image_grid(
+        rows["path"].tolist(),
+        titles,
+        load_image,
+        "prediction/actual/loss/probability of actual",
+        "no misclassified images",
+        path,
+        columns,
+    )
+
+
+def image_grid(
+    paths: Sequence[str],
+    titles: Sequence[str],
+    load_image,
+    suptitle: str,
+    empty_text: str,
+    path: Path,
+    columns: int = 3,
+) -> None:
+    """Images in a grid, one title each (`load_image(path)` gives a PIL image); `empty_text` when none."""
     plt = pyplot()
-    k = max(1, len(rows))
+    k = max(1, len(paths))
     n_rows = -(-k // columns)
     fig, axes = plt.subplots(n_rows, columns, figsize=(3.2 * columns, 3.4 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    # more axes than rows: the rest stay blank
-    for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
-        ax.imshow(load_image(row["path"]))
-        ax.set_title(f"{row['label']}/{row['actual']} / {row['loss']:.2f} / {row['p_actual']:.2f}", fontsize=9)
-    fig.suptitle("prediction/actual/loss/probability of actual")
-    if rows.empty:
-        axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    # more axes than images: the rest stay blank
+    for ax, image_path, title in zip(axes.flat, paths, titles, strict=False):
+        ax.imshow(load_image(image_path))
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(suptitle)
+    if not len(paths):
+        axes.flat[0].text(0.5, 0.5, empty_text, ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

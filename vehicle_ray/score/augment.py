@@ -4,7 +4,7 @@ table lookup per image and pass, on the decoded uint8 images, in NumPy and OpenC
 fastai runs each augmented pass as separate float steps over the whole batch: IntToFloatTensor, an
 affine grid + `grid_sample` (flip/dihedral, rotate, zoom composed into one matrix, the perspective warp
 applied to that grid), lighting in logit space, Normalize. Per image and pass that is ~4 ms on one CPU
-core at 224 px (fifth session's timeline: ~17 ms per image for TTA's 4 passes), more than the int8
+core at 224 px (a profiled scoring run: ~17 ms per image for TTA's 4 passes), more than the int8
 model's own ~4 ms. Here the same draws, from the same distributions, become:
 
 * one 3x3 homography per image, src = warp(affine(dst)) in fastai's normalised coordinates, mapped to

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,7 +37,6 @@ import ray
 from vehicle_ray.artifact import open_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
-from vehicle_ray.decision import decision_policy
 from vehicle_ray.errors import DriftAlert, InputError, ResourcesUnavailable
 from vehicle_ray.monitoring import RunMonitor, drift_of
 from vehicle_ray.score.chunk_writer import ChunkWriter
@@ -51,17 +51,16 @@ from vehicle_ray.score.planning import (
     actor_device,
     describe_precisions,
     in_process_plan,
-    monitoring_reference,
     plan_resources,
     read_ahead_bytes,
     recorded_tta,
-    served_temperature,
     tta_settings,
 )
 from vehicle_ray.score.predictor import Predictor
 from vehicle_ray.score.progress import DATA_PROGRESS_ENV, Progress, Timeline
+from vehicle_ray.score.serving import ServingPolicy, monitoring_reference, serving_policy
 from vehicle_ray.score.store import ChunkCommit, OutputStore
-from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.tta import TTASettings
 
 logger = logging.getLogger(__name__)
 
@@ -120,31 +119,11 @@ def score(
     With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert (carrying the summary)
     after it is committed."""
     timeline = Timeline()
-    spec = resolve_model(model, allow_pickle, tracking_uri)
-    tta = tta_settings(spec, opts)
-    temperature = served_temperature(spec, tta, opts)
-    served = {
-        "temperature": temperature,
-        "policy": decision_policy(spec.classes, spec.operating_point, opts.uncertain_band, opts.min_confidence),
-    }
-    reference = monitoring_reference(spec, tta, temperature)
-    if opts.fail_on_drift is not None and reference is None:
-        raise InputError(
-            f"--fail-on-drift: {spec.model_id} has no validation baseline (monitoring_baseline in model.json); "
-            "retrain it with this version"
-        )
-    if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
-        use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
-        open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
+    spec, tta, serving, reference = prepare_model(model, opts, allow_pickle, tracking_uri)
     timeline.mark("model_ready")
-    root, chunks, listing = iter_listing(source, images, opts, watermark=_watermarks(output, opts))
-    first = next(chunks, None)
-    if first is None and (listing is None or listing.after is None):
-        raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
-    # nothing above the watermark is a night with nothing new (deferred files may still be owed)
-    chunks = itertools.chain([first] if first else [], chunks)
+    root, chunks, listing = list_input(source, images, output, opts)
     elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
-    store = OutputStore.open(output)
+    store = OutputStore.create(output)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
@@ -167,11 +146,8 @@ def score(
             )
         if opts.overwrite:
             store.clear(lease)
-        elif store.committed_runs() and not opts.incremental:
-            raise InputError(
-                f"{output} already holds scored runs; pass --incremental to score only new files, "
-                "or --overwrite to start again"
-            )
+        else:
+            check_history(output, bool(store.committed_runs()), opts)
         with store.done_index(lease) if opts.incremental else contextlib.nullcontext() as done:
             manifest, listed, new, pending = write_listing(store, run_id, root, chunks, done, opts.retry_errors)
         store = store.retrying(pending.retried)  # --retry-errors: commits replace the old error rows
@@ -189,6 +165,7 @@ def score(
             f"committing every {opts.commit_every} files or {opts.commit_interval:g}s"
         )
         ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
+        passes: dict[int, int] = {}  # rows by the number of passes they got (adaptive TTA: 1 or n+1)
         monitor = RunMonitor(spec.classes)
         committed = (
             _score_in_chunks(
@@ -203,9 +180,10 @@ def score(
                 new,
                 elastic,
                 lease,
-                served,
+                serving,
                 monitor,
                 ran,
+                passes,
                 timeline,
             )
             if new
@@ -234,13 +212,13 @@ def score(
             images_per_second=round(new / wall, 2),
             model_id=spec.model_id,
             model_sha256=spec.model_sha256,
-            tta=asdict(recorded_tta(tta, ran)),
+            tta=_tta_record(recorded_tta(tta, ran), serving, passes),
             resources=asdict(plan),
             chunks=len(committed),
             commit_every=opts.commit_every,
             commit_interval=opts.commit_interval,
-            calibration={"applied": temperature is not None, "temperature": temperature},
-            decision=served["policy"].describe(spec.classes),
+            calibration=serving.describe(tta),
+            decision=serving.decision.describe(spec.classes),
             monitoring=monitor.summary(new, errors, reference),
             model_registry_name=spec.registry_name,
             model_registry_version=spec.registry_version,
@@ -260,13 +238,70 @@ def score(
     return summary
 
 
+def _tta_record(tta: TTASettings, serving: ServingPolicy, passes: dict[int, int]) -> dict:
+    """summary.json's `tta`: the settings as they ran, the mode, and how many rows got the plain pass
+    alone and how many the augmented passes too."""
+    gate = serving.gate
+    return {
+        **asdict(tta),
+        "mode": "full" if gate is None else "adaptive",
+        "threshold": None if gate is None else gate.threshold,
+        "plain_only": passes.get(1, 0),
+        "augmented": sum(k for p, k in passes.items() if p > 1),
+        "passes_per_image": round(sum(p * k for p, k in passes.items()) / max(sum(passes.values()), 1), 4),
+    }
+
+
+def prepare_model(
+    model: str | Path, opts: ScoreOptions, allow_pickle: bool = False, tracking_uri: str | None = None
+) -> tuple[ModelSpec, TTASettings, ServingPolicy, dict | None]:
+    """The model, checked before anything is listed or written (a run and --dry-run alike): its spec,
+    TTA settings, what the actors serve, and the monitoring baseline (None without one)."""
+    spec = resolve_model(model, allow_pickle, tracking_uri)
+    tta = tta_settings(spec, opts)
+    serving = serving_policy(spec, tta, opts)
+    reference = monitoring_reference(spec, tta, serving)
+    if opts.fail_on_drift is not None and reference is None:
+        raise InputError(
+            f"--fail-on-drift: {spec.model_id} has no validation baseline (monitoring_baseline in model.json); "
+            "retrain it with this version"
+        )
+    if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
+        use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
+        open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
+    return spec, tta, serving, reference
+
+
+def list_input(
+    source: str | Path, images: str | Path | None, output: str | Path, opts: ScoreOptions
+) -> tuple[ImageRoot, Iterator[list[str]], ListingStats | None]:
+    """The input's listing (from the output's watermarks with --incremental) as chunks of names; an
+    input without any image file is InputError, while nothing above the watermark is a night with
+    nothing new (deferred files may still be owed)."""
+    root, chunks, listing = iter_listing(source, images, opts, watermark=_watermarks(output, opts))
+    first = next(chunks, None)
+    if first is None and (listing is None or listing.after is None):
+        raise InputError(f"no image files found in {source}" + (f" matching --glob {opts.glob}" if opts.glob else ""))
+    return root, itertools.chain([first] if first else [], chunks), listing
+
+
+def check_history(output: str | Path, has_runs: bool, opts: ScoreOptions) -> None:
+    """An output that holds scored runs is continued (--incremental) or deleted first
+    (--delete-previous-runs), never silently mixed with a second full run."""
+    if has_runs and not opts.incremental and not opts.overwrite:
+        raise InputError(
+            f"{output} already holds scored runs; pass --incremental to score only new files, "
+            "or --delete-previous-runs to delete them and start again"
+        )
+
+
 def _watermarks(output: str | Path, opts: ScoreOptions) -> Callable[[str], str | None] | None:
     """Where the previous runs stopped listing (--incremental on an existing output only; read
     before the lease: a watermark any finished run wrote is safe to list from)."""
     if not opts.incremental or opts.overwrite:  # --overwrite forgets the history the watermark stands for
         return None
     try:
-        return OutputStore.open_existing(output).listing_watermark
+        return OutputStore.open(output).listing_watermark
     except InputError:
         return None
 
@@ -360,7 +395,9 @@ def _decode_kwargs(root: ImageRoot, spec: ModelSpec, opts: ScoreOptions) -> dict
     }
 
 
-def _predictor_kwargs(spec: ModelSpec, tta: TTASettings, plan: Plan, opts: ScoreOptions, served: dict) -> dict:
+def _predictor_kwargs(
+    spec: ModelSpec, tta: TTASettings, plan: Plan, opts: ScoreOptions, serving: ServingPolicy
+) -> dict:
     return {
         "spec": spec,
         "tta": tta,
@@ -368,7 +405,7 @@ def _predictor_kwargs(spec: ModelSpec, tta: TTASettings, plan: Plan, opts: Score
         "threads": plan.threads,
         "emit_plain": opts.emit_plain,
         "device": actor_device(plan.gpus_per_actor),
-        **served,
+        "serving": serving,
         "exact_decode": opts.exact_decode,
     }
 
@@ -386,7 +423,7 @@ def _in_process_rows(
         yield model(decode_batch(columns, **decode))
 
 
-def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, elastic: bool) -> float:
+def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions) -> float:
     """Read-ahead cap, Ray Data's progress output, and how long the first actor may take to start;
     returns that wait in seconds."""
     ctx = ray.data.DataContext.get_current()
@@ -394,7 +431,7 @@ def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions, ela
     if cap is not None:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=cap)
     ctx.enable_progress_bars = os.environ.get(DATA_PROGRESS_ENV) == "1"
-    wait = opts.wait_for_resources or (600.0 if elastic else -1)
+    wait = opts.wait_for_resources or -1  # -1: as long as it takes (Ray Data's own convention)
     ctx.wait_for_min_actors_s = wait
     ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
     return wait
@@ -412,24 +449,26 @@ def _score_in_chunks(
     total: int,
     elastic: bool,
     lease: Lease | None,
-    served: dict,
+    serving: ServingPolicy,
     monitor: RunMonitor,
     ran: dict[str, set[str]],
+    passes: dict[int, int],
     timeline: Timeline,
 ) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver's chunk writer (commits by count and by time);
-    `served` (temperature, decision policy) goes to the model actors, `monitor` sees every row, `ran`
-    collects the precisions the actors recorded and `timeline` when rows arrived and what commits cost."""
+    `serving` goes to the model actors, `monitor` sees every row, `ran` collects the precisions the
+    actors recorded, `passes` counts rows by their TTA passes and `timeline` records when rows arrived
+    and what commits cost."""
     seen = _SeenPaths()
     writer = ChunkWriter(store, run_id, lease, opts.commit_every, opts.commit_interval, timeline)
     progress = Progress(total, interval=opts.progress_interval)
 
     wait = -1.0
-    decode, predictor = _decode_kwargs(root, spec, opts), _predictor_kwargs(spec, tta, plan, opts, served)
+    decode, predictor = _decode_kwargs(root, spec, opts), _predictor_kwargs(spec, tta, plan, opts, serving)
     if plan.in_process:
         batches = _in_process_rows(store, manifest, opts, decode, predictor)
     else:
-        wait = _configure_data_context(plan, spec, opts, elastic)
+        wait = _configure_data_context(plan, spec, opts)
         if elastic:
             _wait_for_first_actor(plan, wait)
         ds = _dataset(store, manifest, plan, opts, decode, predictor)
@@ -442,6 +481,8 @@ def _score_in_chunks(
             monitor.update(rows.column("label").to_pylist(), rows.column("confidence").to_numpy())
             for column in ("tta_plain_precision", "tta_aug_precision"):  # a GPU actor: bf16 or fp16
                 ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
+            for count, rows_with in Counter(rows.column("tta_passes").drop_null().to_pylist()).items():
+                passes[count] = passes.get(count, 0) + rows_with
             writer.add(rows)
             progress.update(seen.count, writer.errors + writer.pending_errors, len(writer.committed))
     except ray.exceptions.GetTimeoutError as exc:  # Ray Data's own wait, should the cluster shrink meanwhile
@@ -472,12 +513,15 @@ def _wait_for_first_actor(plan: Plan, wait: float) -> None:
     pg = ray.util.placement_group([_actor_bundle(plan)])
     try:
         if not pg.wait(timeout_seconds=0.5):
+            until = f"up to {wait:g}s" if wait > 0 else "until one appears"
             logger.info(
-                f"waiting up to {wait:g}s for a node that can run a model actor: {_actor_bundle(plan)} "
+                f"waiting {until} for a node that can run a model actor: {_actor_bundle(plan)} "
                 f"(cluster now: {ray.available_resources()})"
             )
-            if not pg.wait(timeout_seconds=wait):
-                raise ResourcesUnavailable(_no_actor_message(plan, wait))
+            try:
+                ray.get(pg.ready(), timeout=wait if wait > 0 else None)
+            except ray.exceptions.GetTimeoutError:
+                raise ResourcesUnavailable(_no_actor_message(plan, wait)) from None
     finally:
         ray.util.remove_placement_group(pg)
 

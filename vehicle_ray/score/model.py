@@ -17,7 +17,6 @@ import pyarrow.fs as pafs
 from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, open_artifact, sha256_file
 from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
-from vehicle_ray.score.tta import TTASettings
 from vehicle_ray.tracking import (
     RegisteredModel,
     fetch_registered,
@@ -25,6 +24,7 @@ from vehicle_ray.tracking import (
     is_registry_uri,
     model_cache_root,
 )
+from vehicle_ray.tta import TTASettings
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class ModelSpec:
     calibration: dict | None = None
     operating_point: dict | None = None
     baseline: dict | None = None
+    adaptive_tta: dict | None = None  # the adaptive TTA threshold and its validation table
     registry_name: str | None = None  # --model models:/NAME/VERSION or models:/NAME@ALIAS
     registry_version: str | None = None
     tracking_uri: str | None = None  # the registry an actor on another node downloads from
@@ -150,6 +151,7 @@ def resolve_model(model: str | Path, allow_pickle: bool = False, tracking_uri: s
             calibration=art.meta.get("calibration"),
             operating_point=art.meta.get("operating_point"),
             baseline=art.meta.get("monitoring_baseline"),
+            adaptive_tta=art.meta.get("adaptive_tta"),
             **_registry_fields(registered, tracking_uri),
         )
     if registered:

@@ -17,8 +17,10 @@ DEFAULT_MAX_PIXELS = 100_000_000  # larger images go to errors/ (decompression b
 
 Backend = Literal["auto", "onnx", "torch"]
 TTAPrecision = Literal["auto", "int8", "full"]
+TTAMode = Literal["full", "adaptive"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 TTA_PRECISIONS: tuple[str, ...] = get_args(TTAPrecision)
+TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 # The kinds of errors/ rows (the `error_kind` column; decode.ERROR_KINDS gives each its message prefix)
 # that --retry-errors can score again. A transient read failure is never an errors/ row (it is deferred).
 ERROR_KIND_NAMES = ("empty", "too_large", "not_image", "corrupt", "not_found", "read", "other")
@@ -32,6 +34,10 @@ class ScoreOptions:
     tta_beta: float | None = None
     tta_max: bool = False
     no_tta: bool = False
+    # adaptive: TTA's augmented passes only for images whose plain pass is below the threshold
+    # (adaptive_tta.py); full: every image gets them
+    tta_mode: TTAMode = "full"
+    tta_threshold: float | None = None  # adaptive's threshold; None: model.json's adaptive_tta
     batch_size: int = 64
     actors: int | None = None  # fixed pool size, or the minimum when max_actors is set
     max_actors: int | None = None  # an autoscaling pool of actors..max_actors (CLI: --actors MIN..MAX)
@@ -56,7 +62,7 @@ class ScoreOptions:
     lease: bool = True  # one writer per output (lease.py)
     wait: float = 0.0  # seconds to wait for another run's lease before exiting with 75
     lease_ttl: float = 120.0  # a holder silent for longer is presumed dead
-    wait_for_resources: float | None = None  # seconds for the first model actor to start; None: 600 on a cluster
+    wait_for_resources: float | None = None  # seconds for the first model actor to start; None: as long as it takes
     progress_interval: float = 30.0  # seconds between progress lines outside a terminal
     calibration: bool = True  # apply model.json's temperature when it has one (CLI: --no-calibration)
     uncertain_band: tuple[float, float] | None = None  # positive-class probabilities decided "uncertain"
@@ -75,6 +81,14 @@ class ScoreOptions:
             problems.append(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
         if self.tta_precision not in TTA_PRECISIONS:
             problems.append(f"--tta-precision must be one of {', '.join(TTA_PRECISIONS)} (got {self.tta_precision!r})")
+        if self.tta_mode not in TTA_MODES:
+            problems.append(f"--tta-mode must be one of {', '.join(TTA_MODES)} (got {self.tta_mode!r})")
+        if self.tta_threshold is not None and not 0.0 < self.tta_threshold <= 1.0:
+            problems.append("--tta-threshold must be within (0, 1]")
+        if self.tta_threshold is not None and self.tta_mode != "adaptive":
+            problems.append("--tta-threshold needs --tta-mode adaptive")
+        if self.tta_mode == "adaptive" and (self.no_tta or self.tta_n == 0):
+            problems.append("--tta-mode adaptive needs TTA's augmented passes (not --no-tta or --tta-n 0)")
         if self.batch_size < 1:
             problems.append("--batch-size must be >= 1")
         if self.tta_n is not None and self.tta_n < 0:

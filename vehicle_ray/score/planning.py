@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.model import ModelSpec, require_backend_device
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.tta import TTASettings
+
+# On the embedded single-node Ray, model actors leave a quarter of the CPUs (always at least one) to the
+# read and decode tasks: with none left Ray Data cannot schedule a decode task and the pipeline waits
+# forever (the 2-CPU deadlock DESIGN.md records).
+DECODE_SHARE = 4
+# CPUs (and ONNX Runtime threads) of each default CPU actor: fewer, wider actors load the model fewer
+# times; --actors / --cpus-per-actor choose otherwise.
+CPUS_PER_DEFAULT_ACTOR = 4
 
 MIN_READ_AHEAD_BYTES = 256 * 2**20
 # What a GPU plan asks for; an actor whose GPU lacks native bf16 (compute capability < 8.0: T4, V100)
@@ -77,8 +85,8 @@ def plan_resources(resources: dict[str, float], opts: ScoreOptions, elastic: boo
         actors = opts.actors or max(1, int(total_gpu // opts.gpus_per_actor))
         cpus = opts.cpus_per_actor or 1.0
     else:
-        reserve = max(1.0, total_cpu // 4)
-        actors = opts.actors or max(1, int((total_cpu - reserve) // 4))
+        reserve = max(1.0, total_cpu // DECODE_SHARE)
+        actors = opts.actors or max(1, int((total_cpu - reserve) // CPUS_PER_DEFAULT_ACTOR))
         cpus = opts.cpus_per_actor or max(1.0, float((total_cpu - reserve) // actors))
     if actors * cpus > total_cpu - 1:
         raise InputError(
@@ -183,8 +191,10 @@ def tta_settings(spec: ModelSpec, opts: ScoreOptions) -> TTASettings:
     if settings.n == 0:
         return replace(settings, aug_precision="none", plain_precision=full)
     precision = tta_precision(spec, opts)
-    # evaluate reports the plain pass's accuracy on its own (TTA off): there that pass stays exact
-    return replace(settings, aug_precision=precision, plain_precision=full if opts.emit_plain else precision)
+    # The plain pass stays at full precision where its probabilities are served on their own: adaptive
+    # TTA's skipped rows (exactly what --no-tta serves) and evaluate's accuracy with TTA off.
+    exact_plain = opts.emit_plain or opts.tta_mode == "adaptive"
+    return replace(settings, aug_precision=precision, plain_precision=full if exact_plain else precision)
 
 
 def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
@@ -198,22 +208,3 @@ def tta_precision(spec: ModelSpec, opts: ScoreOptions) -> str:
             "model.int8.onnx; use --tta-precision full"
         )
     return "int8" if int8_possible and opts.tta_precision != "full" else full_precision(opts)
-
-
-def served_temperature(spec: ModelSpec, tta: TTASettings, opts: ScoreOptions) -> float | None:
-    """The temperature scoring applies to the probabilities it serves: model.json's fit for the plain
-    pass when TTA is off, else its fit for TTA; None with --no-calibration or an artifact without
-    calibration (older artifacts, --allow-pickle), whose probabilities are served as before."""
-    if not opts.calibration or spec.calibration is None:
-        return None
-    return float(spec.calibration["plain" if tta.n == 0 else "tta"]["temperature"])
-
-
-def monitoring_reference(spec: ModelSpec, tta: TTASettings, temperature: float | None) -> dict | None:
-    """The validation baseline that matches what this run serves (TTA or plain, calibrated or raw
-    confidences); None when the artifact has none."""
-    if spec.baseline is None:
-        return None
-    mode = spec.baseline["plain" if tta.n == 0 else "tta"]
-    histogram = mode["confidence_histogram"] if temperature is not None else mode["confidence_histogram_raw"]
-    return {"class_rates": mode["class_rates"], "confidence_histogram": histogram, "n": mode.get("n")}

@@ -15,23 +15,28 @@ pickles `Predictor` by reference and would otherwise pay seconds of imports it n
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from vehicle_ray.artifact import WEIGHTS, Artifact, load_torch_model, open_artifact
-from vehicle_ray.calibration import apply_temperature
-from vehicle_ray.decision import DecisionPolicy, decide
+from vehicle_ray.adaptive_tta import served_probabilities
+from vehicle_ray.artifact import WEIGHTS, Artifact, open_artifact
+from vehicle_ray.decision import decide
 from vehicle_ray.device import fastai_on_cpu, gpu_precision
+from vehicle_ray.network import artifact_batch_transforms, load_torch_model
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
 from vehicle_ray.score.planning import ran_precisions
-from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
+from vehicle_ray.score.serving import ServingPolicy
+from vehicle_ray.tta import TTAResult, TTASettings, fastai_passes, tta_probabilities
 
 if TYPE_CHECKING:
     import torch
+
+RowGate = Callable[[np.ndarray], np.ndarray] | None  # adaptive TTA: the rows that get the augmented passes
 
 
 def onnx_forward(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -129,8 +134,9 @@ class Predictor:
 
     `device` is the plan's (`planning.actor_device(gpus_per_actor)`): "cpu" keeps the actor off every
     GPU it may see. A GPU actor autocasts to bf16 or fp16 by its GPU's capability and records which
-    in its rows (tta_plain_precision / tta_aug_precision). `temperature` (None: raw) calibrates the
-    served probabilities; `policy` turns them into the `decision` column."""
+    in its rows (tta_plain_precision / tta_aug_precision). `serving` says how the served probabilities
+    are calibrated, turned into the `decision` column, and (adaptive TTA) which rows get the augmented
+    passes: each row's `tta_passes` says how many passes it got."""
 
     def __init__(
         self,
@@ -140,18 +146,18 @@ class Predictor:
         threads: int = 1,
         emit_plain: bool = False,
         device: str = "cpu",
-        temperature: float | None = None,
-        policy: DecisionPolicy | None = None,
+        serving: ServingPolicy | None = None,
         exact_decode: bool = False,
     ):
         directory = spec.directory if spec.directory.exists() else local_model(spec.source, spec.tracking_uri)
         files = None if spec.allow_pickle else pass_files(spec, tta, backend, device != "cpu")
+        self.serving = serving or ServingPolicy()
+        needs_tta = None if self.serving.gate is None else self.serving.gate.needs_tta
         if device == "cpu" and files is not None and WEIGHTS not in files:
-            self.passes, ran = _onnx_passes(spec, tta, directory, files, threads), tta
+            self.passes, ran = _onnx_passes(spec, tta, directory, files, threads, needs_tta), tta
         else:
-            self.passes, ran = _torch_passes(spec, tta, directory, files, threads, device)
+            self.passes, ran = _torch_passes(spec, tta, directory, files, threads, device, needs_tta)
         self.spec, self.tta, self.emit_plain = spec, ran, emit_plain  # rows record what ran
-        self.temperature, self.policy = temperature, policy or DecisionPolicy()
         self.exact_decode = exact_decode  # how the decode tasks were told to decode, recorded in the rows
         self.classes = np.array(spec.classes, dtype=object)
 
@@ -161,25 +167,30 @@ class Predictor:
         ok = np.array([e == "" for e in errors], dtype=bool)
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         plain = probs.copy()
+        augmented = np.zeros(n, dtype=bool)
         if ok.any():
-            probs[ok], plain[ok] = self.passes(np.ascontiguousarray(batch["image"][ok]))
-            if self.temperature is not None:
-                probs[ok] = apply_temperature(probs[ok], self.temperature)
+            probs[ok], plain[ok], augmented[ok] = self.passes(np.ascontiguousarray(batch["image"][ok]))
+            probs[ok] = served_probabilities(
+                probs[ok], ~augmented[ok], self.serving.plain_temperature, self.serving.tta_temperature
+            )
         best = probs.argmax(axis=1)
         columns = {
             "path": pa.array([str(p) for p in batch["path"]], pa.string()),
             "label": pa.array(self.classes[best], pa.string(), mask=~ok),
             "confidence": pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
             "probabilities": _prob_lists(probs, ok),
-            "decision": pa.array(decide(probs, self.classes, self.policy), pa.string(), mask=~ok),
-            "calibrated": pa.array([self.temperature is not None] * n, pa.bool_()),
+            "class_probabilities": _class_maps(self.spec.classes, probs, ok),
+            "decision": pa.array(decide(probs, self.classes, self.serving.decision), pa.string(), mask=~ok),
+            "calibrated": pa.array([self.serving.calibrated] * n, pa.bool_()),
             "error": pa.array([e or None for e in errors], pa.string()),
             "model_id": pa.array([self.spec.model_id] * n, pa.string()),
             "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
             "model_registry_name": pa.array([self.spec.registry_name] * n, pa.string()),
             "model_registry_version": pa.array([self.spec.registry_version] * n, pa.string()),
             **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
+            "tta_passes": pa.array(np.where(augmented, self.tta.n + 1, 1), pa.int16(), mask=~ok),
             "exact_decode": pa.array([self.exact_decode] * n, pa.bool_()),
+            "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
         }
         if self.emit_plain:
             columns["plain_probabilities"] = _prob_lists(plain, ok)
@@ -190,29 +201,48 @@ def _prob_lists(probs: np.ndarray, ok: np.ndarray) -> pa.Array:
     return pa.array([p.tolist() if good else None for p, good in zip(probs, ok, strict=True)], pa.list_(pa.float32()))
 
 
+def _class_maps(classes: list[str], probs: np.ndarray, ok: np.ndarray) -> pa.Array:
+    """`class_probabilities`: class name -> probability per row, so a row reads without model.json. A
+    map keeps one schema whatever a model's classes (a struct per class set would not: runs of two
+    models could not share a dataset); DuckDB reads it as a MAP, Spark as a MapType, pandas as
+    (class, probability) pairs."""
+    return pa.array(
+        [list(zip(classes, p.tolist(), strict=True)) if good else None for p, good in zip(probs, ok, strict=True)],
+        pa.map_(pa.string(), pa.float32()),
+    )
+
+
 def _onnx_passes(
-    spec: ModelSpec, tta: TTASettings, directory: Path, files: tuple[str, str], threads: int
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    spec: ModelSpec, tta: TTASettings, directory: Path, files: tuple[str, str], threads: int, needs_tta: RowGate
+) -> Callable[[np.ndarray], TTAResult]:
     """TTA on a CPU actor with ONNX Runtime and the fused augmentation: no torch or fastai in the actor
     (their imports were ~10 s of each actor's start-up), one resampling per image and pass.
-    `files`: the (plain, augmented) passes' ONNX files."""
+    `files`: the (plain, augmented) passes' ONNX files; `needs_tta`: adaptive TTA's gate."""
     plain, aug = files
     art = _verified_artifact(spec, directory, set(files))
     forwards = {name: onnx_forward(art.path(name), threads) for name in set(files)}
     augment = FusedAugment(AugmentSpec.from_recipe(art.meta["recipe"]))
 
-    def passes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return tta_probabilities(forwards[plain], images, augment.plain, augment.augmented, tta, forwards[aug])
+    def passes(images: np.ndarray) -> TTAResult:
+        return tta_probabilities(
+            forwards[plain], images, augment.plain, augment.augmented, tta, forwards[aug], needs_tta
+        )
 
     return passes
 
 
 def _torch_passes(
-    spec: ModelSpec, tta: TTASettings, directory: Path, files: tuple[str, str] | None, threads: int, device_name: str
-) -> tuple[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], TTASettings]:
+    spec: ModelSpec,
+    tta: TTASettings,
+    directory: Path,
+    files: tuple[str, str] | None,
+    threads: int,
+    device_name: str,
+    needs_tta: RowGate,
+) -> tuple[Callable[[np.ndarray], TTAResult], TTASettings]:
     """TTA with eager PyTorch and fastai's own batch transforms on the model's device (GPU actors,
     --backend torch, --allow-pickle: `files` None); also the TTA settings as they ran (a GPU's own
-    precision). `files`: the (plain, augmented) passes' artifact files."""
+    precision). `files`: the (plain, augmented) passes' artifact files; `needs_tta`: adaptive TTA's gate."""
     import torch
 
     device = torch.device(device_name)
@@ -243,9 +273,9 @@ def _torch_passes(
     move_transform_tensors(transforms, device)  # also on CPU: a pickle may hold them on cuda
     plain_tfms, aug_tfms = fastai_passes(transforms)
 
-    def passes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def passes(images: np.ndarray) -> TTAResult:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-        return tta_probabilities(forward, x, plain_tfms, aug_tfms, ran, aug_forward)
+        return tta_probabilities(forward, x, plain_tfms, aug_tfms, ran, aug_forward, needs_tta)
 
     return passes, ran
 
@@ -261,15 +291,3 @@ def _verified_artifact(spec: ModelSpec, directory: Path, files: set[str]) -> Art
             f"{art.meta['model_id']}); rerun to score with the new model"
         )
     return art
-
-
-def artifact_batch_transforms(meta: dict[str, Any]) -> list:
-    """The training batch transforms recorded in model.json: IntToFloatTensor, fastai augs, Normalize,
-    every tensor on the CPU (train.learner builds Normalize's stats there): `move_transform_tensors`
-    takes them to a GPU actor's device."""
-    from fastai.data.transforms import IntToFloatTensor
-
-    from vehicle_ray.recipe import recipe_from_dict
-    from vehicle_ray.train.learner import augment_transforms
-
-    return [IntToFloatTensor(), *augment_transforms(recipe_from_dict(meta["recipe"], "model.json"))]

@@ -52,7 +52,7 @@ old row, without it (`replaced` below). The move after the commit point replaces
 recovery rolls it forward like any other file, so each path stays in exactly one of predictions/
 and errors/. A rescored file that is deferred again keeps its old error row.
 
-Outputs of the previous version (one `_runs/<run_id>.json` per run, partitions without chunk
+Outputs written before chunk records existed (one `_runs/<run_id>.json` per run, partitions without chunk
 records) stay readable and count as committed in full.
 """
 
@@ -80,8 +80,8 @@ from vehicle_ray.score.done_index import (
     DoneIndex,
     build_from_parquet,
     compact,
-    hash_paths,
     index_file_name,
+    path_hashes,
     remove_uncommitted,
     write_index_file,
 )
@@ -155,7 +155,8 @@ class OutputStore:
         return dataclasses.replace(self, retried=dict(retried))
 
     @classmethod
-    def open(cls, output: str | Path) -> OutputStore:
+    def create(cls, output: str | Path) -> OutputStore:
+        """A store to write (a scoring run): the output directory is created when missing."""
         fs, base, info = resolve_location(output, "output")
         if info.type == pafs.FileType.File:
             raise InputError(f"output {output} is a file, not a directory")
@@ -163,8 +164,9 @@ class OutputStore:
         return cls(uri=str(output), fs=fs, base=base)
 
     @classmethod
-    def open_existing(cls, output: str | Path) -> OutputStore:
-        """A store to read (`vehicle-ray runs`): InputError when there is no output directory."""
+    def open(cls, output: str | Path) -> OutputStore:
+        """A store to read (`vehicle-ray runs`, a reader's snapshot): never creates anything, so a
+        mistyped location is an InputError rather than a new empty output."""
         fs, base, info = resolve_location(output, "output")
         if info.type != pafs.FileType.Directory:
             raise InputError(f"no scoring output at {output}")
@@ -228,7 +230,7 @@ class OutputStore:
         return sorted(records, key=lambda r: (r.run_id, r.index))
 
     def _legacy_runs(self) -> set[str]:
-        """Finished runs of the previous version: no chunk records, every file of the run counts."""
+        """Finished runs without chunk records (written before they existed), every file of the run counts."""
         return {run_id for run_id, record in self.run_records().items() if "chunks" not in record}
 
     def committed_runs(self) -> set[str]:
@@ -255,7 +257,7 @@ class OutputStore:
         return files
 
     def _units(self) -> dict[str, list[str]]:
-        """Committed units (a chunk, or a whole run of the previous version) -> their Parquet files:
+        """Committed units (a chunk, or a whole run without chunk records) -> their Parquet files:
         the keys of the done-index."""
         units = {
             index_key(r.run_id, r.index): [self.path(f) for f in r.files if _own_done_file(f, r.run_id)]
@@ -276,7 +278,7 @@ class OutputStore:
     def done_index(self, lease: Lease | None = None) -> Iterator[DoneIndex]:
         """What --incremental skips: the done-index over every committed unit (run under the lease,
         after `recover`). Index files of uncommitted units are removed, missing ones (an output of
-        the previous version, a lost file) rebuilt from their Parquet once, small ones compacted."""
+        a run without chunk records, a lost file) rebuilt from their Parquet once, small ones compacted."""
         units, index_dir = self._units(), self.path(INDEX_DIR)
         _confirm(lease)
         remove_uncommitted(self.fs, index_dir, units)
@@ -423,7 +425,7 @@ class OutputStore:
         parts = split_rows(rows)
         done = pa.chunked_array([parts[kind].column("path") for kind in DONE_KINDS], pa.string())
         staged_index = posixpath.join(staged_dir, "done.idx")
-        write_index_file(self.fs, self.path(staged_index), hash_paths(done), [key])
+        write_index_file(self.fs, self.path(staged_index), path_hashes(done), [key])
         files[posixpath.join(INDEX_DIR, index_file_name(key))] = staged_index
         for kind, part in parts.items():
             counts[kind] = part.num_rows

@@ -29,7 +29,7 @@ DEFAULT_NCCL_TIMEOUT_S = 600
 # NCCL_DEBUG, NCCL_IB_DISABLE, ... when it creates its first communicator, which happens at DDP's first
 # broadcast, after the train function has set them. (Settings read when Ray Train creates the process
 # group, before the train function runs, such as TORCH_NCCL_* or GLOO_SOCKET_IFNAME, must come from the
-# job's runtime_env instead: README "Training on GPUs".)
+# job's runtime_env instead: docs/training.md "GPUs".)
 FORWARDED_ENV_PREFIX = "NCCL_"
 
 
@@ -43,6 +43,7 @@ class TrainOptions:
     out: str | Path  # a local directory or a URI (published with model.json last)
     fn_col: str | int = 0
     label_col: str | int = 1
+    more_csvs: tuple[str | Path, ...] = ()  # later label files: their labels override csv's for the same name
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # None: the cluster's CPUs / workers, or 1 if fewer CPUs are up
@@ -76,6 +77,11 @@ class TrainOptions:
         if problems:
             raise InputError("; ".join(problems))
 
+    @property
+    def csvs(self) -> tuple[str | Path, ...]:
+        """Every labeled CSV in override order (read_labeled_csv's later-wins merge)."""
+        return (self.csv, *self.more_csvs)
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -93,6 +99,7 @@ class WorkerConfig:
     fail_after_epoch: int = 0  # test-only fault injection (FAIL_AFTER_EPOCH_ENV); 0: off
     fail_marker: str = ""  # test-only: the file whose creation makes the injected failure happen once per run
     target: OperatingTarget | None = None  # the operating point to pick on the validation set
+    data_record: dict | None = None  # model.json's `data`: every CSV's sha256, the images and the split
 
 
 def forwarded_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

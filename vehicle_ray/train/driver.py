@@ -22,20 +22,18 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import ray
 from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR as WORKER_GROUP_START_TIMEOUT_ENV
-from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError, WorkerGroupStartupTimeoutError
 
-from vehicle_ray.artifact import open_artifact, publish, require_free_output
+from vehicle_ray.artifact import open_artifact, publish, require_free_output, sha256_file
 from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources, require_shared_path
 from vehicle_ray.data import LABEL, LabeledSet, check_split, is_uri, read_labeled_csv, split_indices
 from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError, ResourcesUnavailable
-from vehicle_ray.recipe import Recipe
+from vehicle_ray.recipe import Recipe, per_worker_batch
 from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.config import (
     ARTIFACT_SUBDIR,
@@ -46,6 +44,7 @@ from vehicle_ray.train.config import (
     forwarded_env,
 )
 from vehicle_ray.train.launch import EpochPrinter, run_worker
+from vehicle_ray.train.ray_private import RESOURCE_WAIT_FAILURES, WORKER_GROUP_START_TIMEOUT_ENV
 from vehicle_ray.train.tracking import (
     MlflowEpochLogger,
     TrainTracking,
@@ -57,6 +56,9 @@ from vehicle_ray.train.tracking import (
 )
 
 logger = logging.getLogger(__name__)
+# Checkpoints kept under --storage-path: the newest is what a resume restores; one older is kept as a
+# fallback should storage lose part of the newest.
+CHECKPOINTS_KEPT = 2
 
 # With --wait-for-resources the Train controller would also print a timed-out start as a full traceback
 # (it logs every controller failure with logger.exception) before the driver reports it in one line;
@@ -133,7 +135,7 @@ def resource_wait(
     try:
         yield FailureConfig(max_failures=opts.max_failures, controller_failure_limit=0)
     except ControllerError as exc:
-        if not isinstance(exc.controller_failure, (WorkerGroupStartupTimeoutError, InsufficientClusterResourcesError)):
+        if not isinstance(exc.controller_failure, RESOURCE_WAIT_FAILURES):
             raise
         still = missing_resources(opts, per_worker, ray.cluster_resources()) or missing
         raise ResourcesUnavailable(
@@ -162,6 +164,30 @@ def require_positives(data: LabeledSet, valid_idx: np.ndarray, target: Operating
         )
 
 
+class CheckedInput(NamedTuple):
+    """What `check_input` resolved: the model's location, the labeled set, the split, the per-worker batch."""
+
+    out: str | Path
+    data: LabeledSet
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    worker_bs: int
+
+
+def check_input(opts: TrainOptions, recipe: Recipe) -> CheckedInput:
+    """Every check that needs no Ray (train runs it first, --dry-run runs only it): the batch split,
+    a free --out, the CSVs and their images, the split, the positive class."""
+    worker_bs = per_worker_batch(recipe.bs, opts.workers)  # an uneven split is refused before any work
+    out = opts.out if is_uri(opts.out) else Path(opts.out).resolve()
+    require_free_output(out, opts.overwrite)
+    data = read_labeled_csv(opts.csvs, opts.images, opts.fn_col, opts.label_col)
+    train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
+    check_split(data, train_idx)
+    if opts.target is not None:
+        require_positives(data, valid_idx, opts.target)
+    return CheckedInput(out, data, train_idx, valid_idx, worker_bs)
+
+
 def train(
     opts: TrainOptions,
     recipe: Recipe,
@@ -171,13 +197,7 @@ def train(
     """Train the recipe on Ray Train and publish the artifact to `opts.out` (a local path or a URI);
     with `tracking` enabled, log it to MLflow (`lr_find_png`: the plot that chose --lr auto)."""
     t0 = time.perf_counter()
-    out = opts.out if is_uri(opts.out) else Path(opts.out).resolve()
-    require_free_output(out, opts.overwrite)
-    data = read_labeled_csv(opts.csv, opts.images, opts.fn_col, opts.label_col)
-    train_idx, valid_idx = split_indices(len(data.items), recipe.valid_pct, recipe.seed)
-    check_split(data, train_idx)
-    if opts.target is not None:
-        require_positives(data, valid_idx, opts.target)
+    out, data, train_idx, valid_idx, worker_bs = check_input(opts, recipe)
     state_dict = None
     if recipe.pretrained:  # fastai/torchvision are imported only when there are weights to fetch
         from vehicle_ray.train.learner import pretrained_state_dict
@@ -203,6 +223,7 @@ def train(
         fail_after_epoch=fail_after_epoch,
         fail_marker=injected_failure_marker() if fail_after_epoch else "",
         target=opts.target,
+        data_record=data_record(opts.csvs, data, train_idx, valid_idx),
     )
     torch_import.join()
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -212,7 +233,8 @@ def train(
     tracker = _start_tracking(tracking, opts, recipe, data, resources, run_name)
     logger.info(
         f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
-        f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}; run {run_name}"
+        f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}, batch {recipe.bs} "
+        f"({worker_bs} per worker); run {run_name}"
     )
     with resource_wait(opts, per_worker, resources) as failure_config:
         trainer = TorchTrainer(
@@ -229,7 +251,7 @@ def train(
                 name=run_name,
                 storage_path=opts.storage_path,
                 failure_config=failure_config,
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                 callbacks=[EpochPrinter(recipe.metrics), *([MlflowEpochLogger(tracker)] if tracker else [])],
                 logging_config=LoggingConfig(
                     log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None else BOUNDED_WAIT_LOG_LEVEL
@@ -254,6 +276,20 @@ def train(
         mlflow_run_id=tracker.run_id if tracker else None,
         model_version=version,
     )
+
+
+def data_record(
+    csvs: tuple[str | Path, ...], data: LabeledSet, train_idx: np.ndarray, valid_idx: np.ndarray
+) -> dict[str, Any]:
+    """model.json's `data`: which label files (in override order, each with its sha256) and how many
+    images the training and validation splits held, so a model names the labels it learned from."""
+    return {
+        "csv_sha256": sha256_file(csvs[0]),
+        "csvs": [{"location": str(c), "sha256": sha256_file(c)} for c in csvs],
+        "images": len(data.items),
+        "train_images": len(train_idx),
+        "valid_images": len(valid_idx),
+    }
 
 
 def import_in_background(module: str) -> threading.Thread:

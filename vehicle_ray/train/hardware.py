@@ -7,7 +7,7 @@ CPU share (one CPU stays with the training process, which runs fastai's batch tr
 pinned memory for asynchronous copies, channels_last (tensor cores want NHWC convolutions) and
 cudnn.benchmark (the input size is fixed, so the autotuned kernels are reused every batch).
 On the CPU none of that pays: the training process already uses every CPU of its share for the
-convolutions (torch threads), so the defaults keep today's single-process loading (num_workers=0).
+convolutions (torch threads), so the defaults keep single-process loading (num_workers=0).
 """
 
 from __future__ import annotations

@@ -16,29 +16,19 @@ import torch
 import torchvision
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import ColReader, IndexSplitter, Normalize
+from fastai.data.transforms import ColReader, IndexSplitter
 from fastai.learner import Learner
-from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
-from fastai.vision.core import imagenet_stats
+from fastai.vision.augment import Resize, ResizeMethod
 from fastai.vision.data import ImageBlock
 from fastai.vision.learner import create_body, model_meta, vision_learner
-from fasttransform import Transform
 
 from vehicle_ray.data import FN, LABEL, LabeledSet, require_local_root
 from vehicle_ray.errors import InputError
+from vehicle_ray.network import arch_fn, augment_transforms
 from vehicle_ray.recipe import METRICS, Recipe
 from vehicle_ray.train.hardware import WorkerHardware, use_hardware
 
 _RESIZE = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop}
-
-
-def arch_fn(name: str):
-    """The torchvision constructor for an architecture name, with fastai's metadata (cut, splitter)."""
-    fn = getattr(torchvision.models, name, None)
-    if fn is None or fn not in model_meta:
-        known = sorted(f.__name__ for f in model_meta if getattr(torchvision.models, f.__name__, None) is f)
-        raise InputError(f"unknown --arch {name!r}; fastai knows: {', '.join(known)}")
-    return fn
 
 
 def recipe_metrics(recipe: Recipe) -> list:
@@ -54,23 +44,6 @@ def recipe_metrics(recipe: Recipe) -> list:
     return built
 
 
-def augment_transforms(recipe: Recipe) -> list[Transform]:
-    """The batch transforms of training: fastai's aug_transforms from the recipe's knobs, then Normalize."""
-    tfms = aug_transforms(
-        do_flip=recipe.do_flip,
-        flip_vert=recipe.flip_vert,
-        max_rotate=recipe.max_rotate,
-        max_lighting=recipe.max_lighting,
-        max_warp=recipe.max_warp,
-        max_zoom=recipe.max_zoom,
-    )
-    if recipe.normalize == "imagenet":
-        # cuda=False: fastai's default would create the stats on a visible GPU (and a CUDA context with
-        # them) even in CPU work; the DataLoaders move them to their device.
-        tfms.append(Normalize.from_stats(*imagenet_stats, cuda=False))
-    return tfms
-
-
 def build_dataloaders(
     data: LabeledSet,
     recipe: Recipe,
@@ -78,10 +51,12 @@ def build_dataloaders(
     device: torch.device | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    bs: int | None = None,
 ) -> DataLoaders:
     """fastai DataLoaders for a local image root (fastai reads files by path: pure-fastai export.pkl).
     `num_workers`/`pin_memory`: see train.hardware (worker processes decode and resize; the batch
-    transforms run in the training process, on `device`)."""
+    transforms run in the training process, on `device`). `bs`: a training worker's share of the
+    recipe's global batch (default: the whole of it, one process)."""
     require_local_root(data.root)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
@@ -97,7 +72,7 @@ def build_dataloaders(
     # 2.16 s with 2 workers vs 1.70 s in-process, medians of 5, bs 64, 2 CPUs: bench/loader_refork.py).
     return block.dataloaders(
         data.items,
-        bs=recipe.bs,
+        bs=bs or recipe.bs,
         num_workers=num_workers,
         pin_memory=pin_memory,
         device=device or torch.device("cpu"),
@@ -150,10 +125,11 @@ def device_learner(
     state_dict: dict[str, torch.Tensor] | None,
     device: torch.device,
     hardware: WorkerHardware,
+    bs: int | None = None,
 ) -> Learner:
     """The recipe's learner on `device`, with `hardware`'s DataLoader settings and fastai callbacks
-    (train.hardware.enter_device says which)."""
-    dls = build_dataloaders(data, recipe, valid_idx, device, hardware.loader_workers, hardware.pin_memory)
+    (train.hardware.enter_device says which); `bs`: as build_dataloaders."""
+    dls = build_dataloaders(data, recipe, valid_idx, device, hardware.loader_workers, hardware.pin_memory, bs)
     learn = build_learner(dls, recipe, state_dict)
     learn.model.to(device)
     use_hardware(learn, hardware)

@@ -19,12 +19,11 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import numpy as np
 import ray
 import ray.train
-import ray.train.v2._internal.execution.context as ray_train_context
 import torch
 from fastai.data.core import DataLoaders
 
 from vehicle_ray.artifact import write_learner_files, write_model_json, write_onnx_files
-from vehicle_ray.score.tta import TTASettings
+from vehicle_ray.recipe import per_worker_batch, scaling_record
 from vehicle_ray.train.callback import (
     DataParallel,
     InjectedFailure,
@@ -41,8 +40,10 @@ from vehicle_ray.train.callback import (
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
 from vehicle_ray.train.hardware import enter_device, fit_shared_memory, loader_batch_bytes, plain_fp32
 from vehicle_ray.train.learner import device_learner
+from vehicle_ray.train.ray_private import REPORT_LOGGER_NAME
 from vehicle_ray.train.staging import local_images
 from vehicle_ray.train.validation import distributed_validation_set
+from vehicle_ray.tta import TTASettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,18 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     # LoggingConfig's level reaches Ray Train's `ray.train.*` loggers only; its per-report "Reporting
     # training result" INFO line comes from a logger named by that module's file path, so that one
     # logger gets the same level (the root logger is left alone).
-    logging.getLogger(ray_train_context.__file__).setLevel(TRAIN_LOG_LEVEL)
+    logging.getLogger(REPORT_LOGGER_NAME).setLevel(TRAIN_LOG_LEVEL)
     os.environ.update(dict(cfg.env))
     device, hardware = enter_device(cfg.use_gpu, cfg.threads, cfg.loader_workers, ray.train.torch.get_device)
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     recipe = cfg.recipe
-    hardware = fit_shared_memory(hardware, loader_batch_bytes(recipe.bs, recipe.size), ctx.get_local_world_size())
+    # this run's worker count, not the one that wrote a checkpoint it resumes: the global batch stays
+    bs = per_worker_batch(recipe.bs, world_size)
+    hardware = fit_shared_memory(hardware, loader_batch_bytes(bs, recipe.size), ctx.get_local_world_size())
     _seed_everything(recipe.seed)
     weights = ray.get(weights_ref) if weights_ref is not None else None
-    learn = device_learner(local_images(cfg.data), recipe, cfg.valid_idx, weights, device, hardware)
+    learn = device_learner(local_images(cfg.data), recipe, cfg.valid_idx, weights, device, hardware, bs)
     dls = learn.dls  # unsharded: what the artifact exports
     learn.dls = DataLoaders(
         sharded_train_dl(dls.train, rank, world_size, recipe.seed),
@@ -111,7 +114,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             learn.fit_one_cycle(stage.epochs, stage.lr_max(), start_epoch=start, cbs=cbs)
     if recipe.freeze_at_end and recipe.pretrained:
         learn.freeze()
-    training = {**hardware.to_dict(), "workers": world_size}
+    training = {**hardware.to_dict(), "workers": world_size, **scaling_record(recipe, world_size)}
     _final_report(learn, dls, cfg, rank, world_size, position, training)
 
 
@@ -123,7 +126,8 @@ def _final_report(
     The artifact is written by two ranks at once: the ONNX rank (ONNX_RANK; rank 0 with one worker)
     exports the ONNX model and calibrates its int8 copy, the longest step after the validation pass
     (ONNX 1.2 s and int8 2.5 s of 4.7 s for resnet18 at 64 px, one 1-epoch run here); rank 0 writes
-    the run state (so a rerun of a finished run resumes to "done"), export.pkl, the weights, metrics
+    the run state (so a rerun of a finished run resumes to "done"; without the optimizer state, which
+    nothing trains with again: about 2x the weights for Adam, written and uploaded), export.pkl, the weights, metrics
     and curves, then model.json with every file's sha256. Both attach their files to the report:
     Ray Train uploads every rank's checkpoint of one report into the same directory."""
     metrics = {"done": 1, "epochs": len(position.history)}
@@ -143,7 +147,7 @@ def _final_report(
         artifact.mkdir()
         files = {}
         if rank == 0:
-            write_checkpoint(Path(tmp), learn, position, cfg.optimizer_state)
+            write_checkpoint(Path(tmp), learn, position, with_opt=False)
         learn.model.cpu()
         if rank == onnx_rank:
             files.update(write_onnx_files(artifact, learn, cfg.recipe.size))
@@ -152,6 +156,14 @@ def _final_report(
         files = {name: sha for part in gather_from_ranks(files, world_size) for name, sha in part.items()}
         if rank == 0:
             write_model_json(
-                artifact, cfg.recipe, cfg.data.classes, position.history, files, training, validation, cfg.target
+                artifact,
+                cfg.recipe,
+                cfg.data.classes,
+                position.history,
+                files,
+                training,
+                validation,
+                cfg.target,
+                cfg.data_record,
             )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

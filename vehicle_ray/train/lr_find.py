@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import ray
 
@@ -33,7 +34,7 @@ def _run_lr_find(
 ) -> tuple[dict, bytes]:
     from fastai.callback.schedule import minimum, slide, steep, valley
 
-    from vehicle_ray.report.plots import pyplot
+    from vehicle_ray.plotting import pyplot
     from vehicle_ray.train.hardware import enter_device, fit_shared_memory, loader_batch_bytes
     from vehicle_ray.train.learner import device_learner
     from vehicle_ray.train.staging import local_images
@@ -68,7 +69,7 @@ def task_resources(nodes: list[dict[str, float]], use_gpu: bool) -> dict[str, fl
 
 
 def find_lr(
-    csv: str | Path,
+    csv: str | Path | Sequence[str | Path],
     images: str | Path,
     out: str | Path | None,
     recipe: Recipe,

@@ -25,8 +25,8 @@ import pandas as pd
 from ray.train import UserCallback
 
 from vehicle_ray import __version__
-from vehicle_ray.artifact import CURVES_PNG, METRICS_CSV, sha256_stream
-from vehicle_ray.data import LabeledSet, is_uri, resolve_location
+from vehicle_ray.artifact import CURVES_PNG, METRICS_CSV, sha256_file
+from vehicle_ray.data import LabeledSet, is_uri
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import Recipe
 from vehicle_ray.tracking import (
@@ -103,19 +103,13 @@ def code_version() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def file_sha256(location: str | Path) -> str:
-    fs, path, _ = resolve_location(location, "file")
-    with fs.open_input_stream(path) as f:
-        return sha256_stream(f)
-
-
 def training_tags(csv: str | Path, data: LabeledSet, resources: dict[str, float], workers: int) -> dict[str, str]:
     """What a training run needs to be reproduced and compared: its data, code and cluster."""
     import ray
 
     return {
         "vehicle_ray.data.csv": str(csv),
-        "vehicle_ray.data.csv_sha256": file_sha256(csv),
+        "vehicle_ray.data.csv_sha256": sha256_file(csv),
         "vehicle_ray.data.images": str(len(data.items)),
         "vehicle_ray.data.classes": ",".join(data.classes),
         "vehicle_ray.code_version": code_version(),

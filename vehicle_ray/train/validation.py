@@ -6,23 +6,14 @@ calibration, the operating point and the monitoring baseline on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from fasttransform import Pipeline
 
-from vehicle_ray.score.tta import TTASettings, fastai_passes, tta_probabilities
 from vehicle_ray.train.callback import gather_from_ranks, rank_rows, rows_dl
-
-
-@dataclass(frozen=True)
-class ValidationSet:
-    tta: TTASettings
-    probs: np.ndarray  # TTA-blended probabilities, (N, classes)
-    plain: np.ndarray  # the plain pass's probabilities
-    targets: np.ndarray  # true class indices
+from vehicle_ray.tta import TTASettings, ValidationSet, fastai_passes, tta_probabilities
 
 
 def validation_set(
@@ -50,7 +41,7 @@ def validation_set(
     probs, plain, targets = [], [], []
     with torch.inference_mode():
         for images, y in decoded:
-            blended, plain_pass = tta_probabilities(forward, torch.as_tensor(images), plain_tfms, aug_tfms, tta)
+            blended, plain_pass, _ = tta_probabilities(forward, torch.as_tensor(images), plain_tfms, aug_tfms, tta)
             probs.append(blended)
             plain.append(plain_pass)
             targets.append(torch.as_tensor(y).cpu().numpy())
@@ -63,10 +54,9 @@ def validation_set(
 def distributed_validation_set(learn, tta: TTASettings, rank: int, world_size: int) -> ValidationSet | None:
     """`validation_set` with the work split over the ranks: each scores its `rank_rows` and rank 0
     gets the slices in order (the other ranks get None). The TTA passes are the longest step after
-    the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, profiled in one process in
-    the seventh session) and would otherwise leave every other rank idle. The slices travel on
-    the training's own process group (`gather_from_ranks`), with its --nccl-timeout and network
-    settings."""
+    the last epoch (4.5 s of ~7 for 220 images at 64 px on one CPU thread, profiled in one process)
+    and would otherwise leave every other rank idle. The slices travel on the training's own process
+    group (`gather_from_ranks`), with its --nccl-timeout and network settings."""
     part = validation_set(learn, tta, rows=rank_rows(len(learn.dls.valid.dataset), rank, world_size))
     if world_size == 1:
         return part

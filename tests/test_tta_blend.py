@@ -1,4 +1,4 @@
-"""TTA's blend (score/tta.py tta_probabilities) with a fixed fake model and hand-made pipelines.
+"""TTA's blend (tta.py tta_probabilities) with a fixed fake model and hand-made pipelines.
 
 The invariants are fastai's Learner.tta semantics: n=0 is the plain pass; otherwise the n augmented
 passes are averaged (or maxed) and blended as beta*plain + (1-beta)*aug (use_max: elementwise max of
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vehicle_ray.score.tta import TTASettings, tta_probabilities
+from vehicle_ray.tta import TTASettings, tta_probabilities
 
 W = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)) * 4
 
@@ -40,7 +40,7 @@ class Cycle:
 
 def tta(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """tta_probabilities, whose results are float32 NumPy arrays whatever the model's tensors are."""
-    probs, plain = tta_probabilities(*args, **kwargs)
+    probs, plain, _ = tta_probabilities(*args, **kwargs)
     assert isinstance(probs, np.ndarray) and probs.dtype == plain.dtype == np.float32
     return torch.from_numpy(probs), torch.from_numpy(plain)
 
@@ -124,3 +124,33 @@ def test_numpy_passes_blend_the_same_as_torch_ones(images):
         settings,
     )
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_plain, want_plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_adaptive_rows_get_full_tta_and_the_rest_keep_the_plain_pass(images, as_numpy):
+    """`needs_tta` picks rows from the plain pass: only those go through the n augmented passes (one
+    forward batch of n x rows), and they get exactly full TTA's blend; the others the plain pass."""
+    settings = TTASettings(n=4, beta=0.25)
+    full, plain = tta(forward, images, plain_tfms, Cycle(), settings)
+    rows = np.array([True, False, True, False, False])
+    sizes = []
+
+    def counted(x):
+        sizes.append(len(x))
+        return forward(torch.as_tensor(x)) if not as_numpy else forward(torch.from_numpy(x)).numpy()
+
+    cycle = Cycle()
+    batch = images.numpy() if as_numpy else images
+    to_numpy = (lambda f: lambda x: f(torch.from_numpy(x)).numpy()) if as_numpy else (lambda f: f)
+    got = tta_probabilities(counted, batch, to_numpy(plain_tfms), to_numpy(cycle), settings, needs_tta=lambda p: rows)
+    assert sizes == [len(images), settings.n * int(rows.sum())]
+    assert got.augmented.tolist() == rows.tolist()
+    assert torch.allclose(torch.from_numpy(got.probs[rows]), full[rows], atol=1e-6)
+    assert torch.equal(torch.from_numpy(got.probs[~rows]), plain[~rows])
+    assert torch.equal(torch.from_numpy(got.plain), plain)
+
+
+def test_adaptive_with_no_row_below_the_gate_runs_no_augmented_pass(images):
+    cycle = Cycle()
+    got = tta_probabilities(forward, images, plain_tfms, cycle, TTASettings(n=4), needs_tta=lambda p: p[:, 0] > 2)
+    assert cycle.calls == 0 and not got.augmented.any() and np.array_equal(got.probs, got.plain)

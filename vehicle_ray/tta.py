@@ -11,12 +11,15 @@ same) as one batch:
     aug   = mean_i softmax(aug_model(aug_tfms(x)))  (max with use_max)
     probs = lerp(aug, plain, beta) = beta*plain + (1-beta)*aug
             (use_max: elementwise max of plain and aug, as fastai)
+
+Adaptive TTA (adaptive_tta.py) runs the augmented passes only for the rows its gate picks from the
+plain pass; the other rows are served the plain pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -39,6 +42,17 @@ class TTASettings:
         }
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """A labeled set as scoring would serve it (training's end-of-run validation pass): artifact.py fits
+    calibration, the operating point, adaptive TTA's threshold and the drift baseline on it."""
+
+    tta: TTASettings
+    probs: np.ndarray  # TTA-blended probabilities, (N, classes)
+    plain: np.ndarray  # the plain pass's probabilities
+    targets: np.ndarray  # true class indices
+
+
 def fastai_passes(transforms: list) -> tuple[Callable, Callable]:
     """(plain, augmented) batch functions from fastai batch transforms (IntToFloatTensor, augs, Normalize):
     fastai's valid-split and train-split Pipelines on a uint8 NCHW tensor."""
@@ -50,6 +64,12 @@ def fastai_passes(transforms: list) -> tuple[Callable, Callable]:
     return (lambda x: torch.as_tensor(plain(TensorImage(x)))), (lambda x: torch.as_tensor(aug(TensorImage(x))))
 
 
+class TTAResult(NamedTuple):
+    probs: np.ndarray  # served before calibration: the blend, or the plain pass's where a row skipped
+    plain: np.ndarray  # the plain pass's probabilities
+    augmented: np.ndarray  # bool per row: it got the augmented passes
+
+
 def tta_probabilities(
     forward: Callable[[Any], Any],
     images: Any,
@@ -57,20 +77,38 @@ def tta_probabilities(
     aug_tfms: Callable[[Any], Any],
     settings: TTASettings,
     aug_forward: Callable[[Any], Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(TTA probabilities, plain-pass probabilities) as float32 NumPy arrays for a uint8 batch, blended
-    as Learner.tta. `plain_tfms`/`aug_tfms` turn the batch into model input (torch tensors or NumPy
-    arrays alike); `forward` (and `aug_forward`, default `forward`, e.g. a quantized model for the
-    augmented passes) return logits."""
+    needs_tta: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> TTAResult:
+    """TTA probabilities, plain-pass probabilities (float32 NumPy arrays) and which rows got the
+    augmented passes, for a uint8 batch, blended as Learner.tta. `plain_tfms`/`aug_tfms` turn the batch
+    into model input (torch tensors or NumPy arrays alike); `forward` (and `aug_forward`, default
+    `forward`, e.g. a quantized model for the augmented passes) return logits. `needs_tta` (adaptive
+    TTA: a row mask from the plain pass's probabilities) limits the augmented passes to those rows,
+    all n passes of all of them in one forward batch; the other rows keep the plain pass."""
     plain = _softmax(forward(plain_tfms(images)))
-    if settings.n == 0:
-        return plain, plain
-    passes = _concat([aug_tfms(images) for _ in range(settings.n)])
-    probs = _softmax((aug_forward or forward)(passes)).reshape(settings.n, len(plain), -1)
+    rows = np.ones(len(plain), dtype=bool) if needs_tta is None else np.asarray(needs_tta(plain), dtype=bool)
+    if settings.n == 0 or not rows.any():
+        return TTAResult(plain, plain, np.zeros(len(plain), dtype=bool))
+    subset = images if rows.all() else images[_index(images, np.flatnonzero(rows))]
+    passes = _concat([aug_tfms(subset) for _ in range(settings.n)])
+    probs = _softmax((aug_forward or forward)(passes)).reshape(settings.n, int(rows.sum()), -1)
     aug = probs.max(0) if settings.use_max else probs.mean(0)
-    if settings.use_max:
-        return np.maximum(plain, aug), plain
-    return aug + settings.beta * (plain - aug), plain
+    mine = plain[rows]
+    blend = np.maximum(mine, aug) if settings.use_max else aug + settings.beta * (mine - aug)
+    if rows.all():
+        return TTAResult(blend, plain, rows)
+    out = plain.copy()
+    out[rows] = blend
+    return TTAResult(out, plain, rows)
+
+
+def _index(images: Any, rows: np.ndarray) -> Any:
+    """`rows` as an index for `images` (a NumPy array or a torch tensor on any device)."""
+    if isinstance(images, np.ndarray):
+        return rows
+    import torch
+
+    return torch.from_numpy(rows).to(images.device)
 
 
 def _concat(parts: list) -> Any:

@@ -1,0 +1,38 @@
+"""Scaling out does not cost accuracy: the same real-image task trained by plain fastai in one process and
+by vehicle-ray on 2 Ray Train workers, over several seeds."""
+
+import statistics
+
+import pytest
+
+from bench.digits_task import digits_recipe, holdout_accuracy, plain_fastai, vehicle_ray, write_digits
+
+pytestmark = pytest.mark.slow
+
+SEEDS = (1, 2, 3)
+SIZE, EPOCHS = 16, 5  # px (the digits are 8x8 scans), epochs: bench/bench_parity.py's defaults
+LEARNED = 0.9  # both sides must have learned the task, or comparing them means nothing
+MARGIN = 0.01  # see the test's docstring
+
+
+def test_two_workers_are_not_below_one_process_over_seeds(tmp_path, ray_local):
+    """Mean holdout accuracy (400 digits never trained on) of vehicle-ray at 2 workers is at least plain
+    fastai's mean minus MARGIN, over SEEDS (each seed: the validation split, the init, the shuffles).
+
+    The margin: bench/bench_parity.py (BENCHMARKS.md, "Accuracy across worker counts") measured the
+    per-seed standard deviation of this task's holdout accuracy at 0.0052 for plain fastai and 0.0014 for
+    vehicle-ray at 2 workers (3 seeds each), so the difference of the two 3-seed means has a standard error
+    of sqrt((0.0052² + 0.0014²) / 3) = 0.0031; MARGIN is three of those, which chance alone goes past in
+    about 1 run in 1000. One-sided, because the harm is lost accuracy (issue #27: `--bs` per worker, twice
+    the global batch and half the optimizer steps, was below plain fastai on every seed), and because
+    vehicle-ray at 2 workers measured 1.4 points above plain fastai here (its BatchNorm layers normalise
+    over each worker's 32 images, not 64: BENCHMARKS.md).
+    """
+    data = write_digits(tmp_path / "digits", SIZE)
+    plain, ray = [], []
+    for seed in SEEDS:
+        recipe = digits_recipe(seed, SIZE, EPOCHS)
+        plain.append(holdout_accuracy(plain_fastai(data, recipe), data))
+        ray.append(holdout_accuracy(vehicle_ray(data, recipe, 2, tmp_path / f"seed{seed}"), data))
+    assert min(plain + ray) >= LEARNED, (plain, ray)
+    assert statistics.mean(ray) >= statistics.mean(plain) - MARGIN, (plain, ray)
