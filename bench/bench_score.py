@@ -53,10 +53,10 @@ def make_model(out: Path, size: int) -> None:
     import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
     import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
 
-    from vehicle_ray.artifact import write_artifact
     from vehicle_ray.data import read_labeled_csv, split_indices
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.sample_data import write_sample_data
+    from vehicle_ray.train.artifact_writer import ArtifactContent, write_artifact
     from vehicle_ray.train.learner import build_dataloaders, build_learner
 
     write_sample_data(out / "train", train=64, test=0, size=size, seed=1)
@@ -67,7 +67,7 @@ def make_model(out: Path, size: int) -> None:
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1, 1e-3)
     (out / "model").mkdir()
-    write_artifact(out / "model", learn, recipe, data.classes, [])
+    write_artifact(out / "model", learn, ArtifactContent(recipe, data.classes, []))
 
 
 def make_trained_model(out: Path, size: int) -> None:

@@ -3,7 +3,7 @@
 fastai's DataLoader.__iter__ builds a new torch `_MultiProcessingDataLoaderIter` on every pass, so its
 worker processes are forked again for every training and validation pass and torch's
 `persistent_workers` never takes effect. Keeping them would be wrong anyway: a rank's epoch shard
-(train.callback.EpochShard) reaches the workers through that fork. This measures the price: the time
+(train.sharding.EpochShard) reaches the workers through that fork. This measures the price: the time
 from starting a pass to its first batch with K workers, against the same with in-process loading (0
 workers), on the recipe's DataLoaders (Resize + fastai's aug_transforms) at 299 px.
 

@@ -44,8 +44,8 @@ class TTASettings:
 
 @dataclass(frozen=True)
 class ValidationSet:
-    """A labeled set as scoring would serve it (training's end-of-run validation pass): artifact.py fits
-    calibration, the operating point, adaptive TTA's threshold and the drift baseline on it."""
+    """A labeled set as scoring would serve it (training's end-of-run validation pass): the artifact
+    writer fits calibration, the operating point, adaptive TTA's threshold and the drift baseline on it."""
 
     tta: TTASettings
     probs: np.ndarray  # TTA-blended probabilities, (N, classes)

@@ -23,9 +23,9 @@ DOCS_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "images" / "promot
 def untrained_model(sample_dir, tmp_path_factory):
     """The tiny_cpu recipe's network with no training at all (a real artifact, in this process): a
     candidate that must never pass the gate against the trained model."""
-    from vehicle_ray.artifact import write_artifact
     from vehicle_ray.data import read_labeled_csv, split_indices
     from vehicle_ray.recipe import load_recipe
+    from vehicle_ray.train.artifact_writer import ArtifactContent, write_artifact
     from vehicle_ray.train.learner import build_dataloaders, build_learner
 
     recipe = load_recipe("tiny_cpu")
@@ -34,7 +34,7 @@ def untrained_model(sample_dir, tmp_path_factory):
     learn = build_learner(build_dataloaders(data, recipe, valid_idx), recipe)
     out = tmp_path_factory.mktemp("untrained") / "model"
     out.mkdir()
-    write_artifact(out, learn, recipe, data.classes, [])
+    write_artifact(out, learn, ArtifactContent(recipe, data.classes, []))
     return out
 
 

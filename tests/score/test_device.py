@@ -33,7 +33,7 @@ SIZE = 32
 def artifact(tmp_path_factory) -> Path:
     """A real (untrained) resnet18 artifact at 32 px. Its ONNX files are stubs: these tests run the
     torch backend, which loads and verifies only the safetensors weights and model.json."""
-    import vehicle_ray.artifact as artifact_module
+    import vehicle_ray.train.artifact_writer as artifact_module
     from vehicle_ray.data import read_labeled_csv, split_indices
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.sample_data import write_sample_data
@@ -49,7 +49,7 @@ def artifact(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:  # raising=False: if the names move, the real (slower) ones run
         mp.setattr(artifact_module, "export_onnx", lambda model, size, path: Path(path).write_bytes(b"stub"), False)
         mp.setattr(artifact_module, "quantize_onnx", lambda fp32, path, batches: Path(path).write_bytes(b"stub"), False)
-        artifact_module.write_artifact(out / "model", learn, recipe, data.classes, [])
+        artifact_module.write_artifact(out / "model", learn, artifact_module.ArtifactContent(recipe, data.classes, []))
     return out / "model"
 
 

@@ -8,8 +8,8 @@ from tests.train.tiny import tiny_split
 from vehicle_ray.cli import cli
 from vehicle_ray.errors import InputError
 from vehicle_ray.recipe import Recipe, Stage, global_batch, per_worker_batch, scaling_record
-from vehicle_ray.train.callback import sharded_train_dl
 from vehicle_ray.train.learner import build_dataloaders
+from vehicle_ray.train.sharding import sharded_train_dl
 
 
 @pytest.mark.parametrize("bs, workers, each", [(64, 1, 64), (64, 2, 32), (64, 4, 16), (6, 6, 1)])

@@ -11,23 +11,11 @@ import torch
 from fasttransform import Pipeline
 
 from tests.train.tiny import tiny_split
-from vehicle_ray.train.callback import (
-    STATE_FILE,
-    WEIGHTS_FILE,
-    DataParallel,
-    EpochShard,
-    InjectedFailure,
-    Position,
-    RayTrainReport,
-    checkpoint_due,
-    merge_metric_states,
-    metric_state,
-    rank_rows,
-    read_checkpoint,
-    sharded_train_dl,
-    sharded_valid_dl,
-)
+from vehicle_ray.train.callback import DataParallel, InjectedFailure, RayTrainReport
+from vehicle_ray.train.checkpoint_state import STATE_FILE, WEIGHTS_FILE, Position, checkpoint_due, read_checkpoint
+from vehicle_ray.train.collectives import merge_metric_states, metric_state
 from vehicle_ray.train.learner import build_dataloaders, build_learner
+from vehicle_ray.train.sharding import EpochShard, rank_rows, sharded_train_dl, sharded_valid_dl
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (12, 4), (7, 1), (5, 2)])

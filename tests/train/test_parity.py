@@ -7,7 +7,9 @@ import pytest
 
 from bench.digits_task import digits_recipe, holdout_accuracy, plain_fastai, vehicle_ray, write_digits
 
-pytestmark = pytest.mark.slow
+# Six trainings: 16 minutes on 2 cores at a load average of 20-40 (other sessions' runs); the suite's 900 s
+# default is too short for that.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SEEDS = (1, 2, 3)
 SIZE, EPOCHS = 16, 5  # px (the digits are 8x8 scans), epochs: bench/bench_parity.py's defaults
@@ -25,8 +27,8 @@ def test_two_workers_are_not_below_one_process_over_seeds(tmp_path, ray_local):
     of sqrt((0.0052² + 0.0014²) / 3) = 0.0031; MARGIN is three of those, which chance alone goes past in
     about 1 run in 1000. One-sided, because the harm is lost accuracy (issue #27: `--bs` per worker, twice
     the global batch and half the optimizer steps, was below plain fastai on every seed), and because
-    vehicle-ray at 2 workers measured 1.4 points above plain fastai here (its BatchNorm layers normalise
-    over each worker's 32 images, not 64: BENCHMARKS.md).
+    vehicle-ray measured above plain fastai here at every worker count, 1 included (+0.75, +1.4 and +0.75
+    points at 1, 2 and 4 workers: BENCHMARKS.md).
     """
     data = write_digits(tmp_path / "digits", SIZE)
     plain, ray = [], []

@@ -8,22 +8,14 @@ import sys
 import pyarrow.fs as pafs
 import pytest
 
-from vehicle_ray.artifact import (
-    FORMAT_VERSION,
-    MODEL_JSON,
-    PUBLISH_EXIT_AFTER_ENV,
-    PUBLISH_EXIT_CODE,
-    open_artifact,
-    publish,
-    require_free_output,
-    sha256_file,
-)
+from vehicle_ray.artifact import FORMAT_VERSION, MODEL_JSON, open_artifact, sha256_file
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.model import local_model, resolve_model
+from vehicle_ray.train.artifact_writer import PUBLISH_EXIT_AFTER_ENV, PUBLISH_EXIT_CODE, publish, require_free_output
 
 FILES = ("model.safetensors", "model.onnx", "metrics.csv")  # + model.json: 4 uploads, 4 copies into place
 PUBLISH = (
-    "import sys; from pathlib import Path; from vehicle_ray.artifact import publish; "
+    "import sys; from pathlib import Path; from vehicle_ray.train.artifact_writer import publish; "
     "publish(Path(sys.argv[1]), sys.argv[2], overwrite=True)"
 )
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.train.tiny import tiny_split
-from vehicle_ray.train.callback import rank_rows
 from vehicle_ray.train.learner import build_dataloaders, build_learner
+from vehicle_ray.train.sharding import rank_rows
 from vehicle_ray.train.validation import validation_set
 from vehicle_ray.tta import TTASettings
 

@@ -27,16 +27,17 @@ from sklearn.metrics import (
 )
 
 from vehicle_ray.adaptive_tta import served_probabilities
-from vehicle_ray.artifact import record_operating_point
 from vehicle_ray.calibration import ece, nll, reliability_table
 from vehicle_ray.data import FN, LABEL, read_labeled_csv
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.plots import confusion_matrix_plot, decision_curves_plot, reliability_plot, top_losses_plot
+from vehicle_ray.score import columns as col
 from vehicle_ray.score.driver import ScoreSummary, score
 from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.serving import adaptive_gate
+from vehicle_ray.train.artifact_writer import record_operating_point
 from vehicle_ray.tta import TTASettings
 
 TOP_LOSSES = 9
@@ -160,16 +161,18 @@ def evaluate(
             overwrite=True, incremental=False, emit_plain=True, fn_col=0, tta_mode="full", tta_threshold=None
         ),
     )
-    truth = data.items.assign(path=[data.root.full_name(f) for f in data.items[FN]]).rename(columns={LABEL: "actual"})
-    predictions = pd.read_parquet(scoring / "predictions").drop(columns=["run"], errors="ignore")
-    joined = truth.merge(predictions, on="path", how="inner")
+    truth = data.items.assign(**{col.PATH: [data.root.full_name(f) for f in data.items[FN]]}).rename(
+        columns={LABEL: "actual"}
+    )
+    predictions = pd.read_parquet(scoring / "predictions").drop(columns=[col.RUN], errors="ignore")
+    joined = truth.merge(predictions, on=col.PATH, how="inner")
     classes = spec.classes
-    probs = np.stack(joined["probabilities"].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
+    probs = np.stack(joined[col.PROBABILITIES].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
     actual_idx = joined["actual"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
     joined["p_actual"] = probs[np.arange(len(joined)), actual_idx] if len(joined) else []
     joined["loss"] = -np.log(np.clip(joined["p_actual"].to_numpy(dtype=float), 1e-12, 1.0))
-    metrics = classification_metrics(joined["actual"].tolist(), joined["label"].tolist(), classes)
-    plain = np.stack(joined["plain_probabilities"].to_numpy()) if len(joined) else probs
+    metrics = classification_metrics(joined["actual"].tolist(), joined[col.LABEL].tolist(), classes)
+    plain = np.stack(joined[col.PLAIN_PROBABILITIES].to_numpy()) if len(joined) else probs
     metrics["accuracy_no_tta"] = float((plain.argmax(1) == actual_idx).mean()) if len(joined) else float("nan")
     metrics["tta"] = summary.tta
     metrics["unscored"] = summary.errors
@@ -199,11 +202,11 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # pandas reads the class_probabilities map as (class, probability) pairs, which it cannot write back
     # as a map: as a dict per row it is written as a struct with a field per class
-    joined["class_probabilities"] = joined["class_probabilities"].map(dict)
-    joined.drop(columns=["plain_probabilities"]).to_parquet(out / "predictions.parquet", index=False)
+    joined[col.CLASS_PROBABILITIES] = joined[col.CLASS_PROBABILITIES].map(dict)
+    joined.drop(columns=[col.PLAIN_PROBABILITIES]).to_parquet(out / "predictions.parquet", index=False)
     matrix = np.asarray(metrics["confusion_matrix"]["rows_actual_columns_predicted"])
     confusion_matrix_plot(matrix, classes, out / "confusion_matrix.png")
-    wrong = joined[joined["label"] != joined["actual"]].nlargest(TOP_LOSSES, "loss")
+    wrong = joined[joined[col.LABEL] != joined["actual"]].nlargest(TOP_LOSSES, "loss")
     top_losses_plot(wrong, lambda p: _thumbnail(data, truth, p), out / "top_losses.png")
     _write_report(out, metrics, summary.errors)
     shutil.rmtree(scoring)
@@ -251,7 +254,7 @@ def tta_modes(
 
 
 def _thumbnail(data, truth: pd.DataFrame, path: str) -> Image.Image:
-    name = truth.loc[truth["path"] == path, FN].iloc[0]
+    name = truth.loc[truth[col.PATH] == path, FN].iloc[0]
     with data.root.fs.open_input_file(data.root.path(name)) as f:
         img = Image.open(f)
         img.load()

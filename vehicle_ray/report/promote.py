@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from vehicle_ray.artifact import publish
 from vehicle_ray.data import FN, open_root
 from vehicle_ray.errors import InputError, PromotionRefused
 from vehicle_ray.report.evaluate import evaluate
@@ -30,6 +29,7 @@ from vehicle_ray.score.decode import read_file
 from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.tracking import TrackingOptions, client, experiment_id, log_batch, require_mlflow, tolerant
+from vehicle_ray.train.artifact_writer import publish
 
 HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "ece": False}
 GATE_METRICS = tuple(HIGHER_IS_BETTER)

@@ -32,6 +32,7 @@ from PIL import Image
 from vehicle_ray.data import FN, ImageRoot, is_uri, open_root, read_csv, resolve_column
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.evaluate import evaluate
+from vehicle_ray.score import columns as col
 from vehicle_ray.score.decode import DecodeError, read_file
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.store import PREDICTIONS, OutputStore
@@ -98,7 +99,7 @@ def review_run(
     if not classes:
         raise InputError(f"run {run} of {output} does not record its model's classes")
     chosen = select_for_review(rows, lowest, qc_per_class, max_uncertain, seed)
-    root = image_root or common_root(chosen["path"].tolist())
+    root = image_root or common_root(chosen[col.PATH].tolist())
     items = _run_items(chosen, classes, root)
     return write_page(out, items, classes, f"Scoring run {run}", ("fn", "label"), open_root(root))
 
@@ -106,7 +107,7 @@ def review_run(
 def _run_items(chosen: pd.DataFrame, classes: list[str], root: str) -> list[ReviewItem]:
     """The chosen prediction rows as page items named relative to `root` (the exported CSV's file names)."""
     prefix = root.rstrip("/") + "/"
-    outside = [p for p in chosen["path"] if not p.startswith(prefix)]
+    outside = [p for p in chosen[col.PATH] if not p.startswith(prefix)]
     if outside:
         raise InputError(f"{len(outside)} images are not under --image-root {root} (first: {outside[0]})")
     return [
@@ -116,7 +117,7 @@ def _run_items(chosen: pd.DataFrame, classes: list[str], root: str) -> list[Revi
             label=r.label,
             confidence=float(r.confidence),
             top=top_probabilities(r.probabilities, classes),
-            decision=getattr(r, "decision", None),
+            decision=getattr(r, col.DECISION, None),
         )
         for r in chosen.itertuples()
     ]
@@ -128,7 +129,8 @@ def _run_predictions(store: OutputStore, run: str) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     dataset = pads.dataset(files, filesystem=store.fs, format="parquet")
-    columns = [c for c in ("path", "label", "confidence", "probabilities", "decision") if c in dataset.schema.names]
+    shown = (col.PATH, col.LABEL, col.CONFIDENCE, col.PROBABILITIES, col.DECISION)
+    columns = [c for c in shown if c in dataset.schema.names]
     return dataset.to_table(columns=columns).to_pandas()
 
 
@@ -138,8 +140,8 @@ def select_for_review(
     """The rows a person should see, each once, with its `group`: every uncertain one (up to
     `max_uncertain`, least confident first), the `lowest` least confident of the rest, and a random
     sample of `qc_per_class` per predicted class of what is left (the model's confident calls, checked)."""
-    rows = rows.sort_values(["confidence", "path"], kind="stable")
-    uncertain = rows[rows["decision"] == "uncertain"] if "decision" in rows else rows.iloc[:0]
+    rows = rows.sort_values([col.CONFIDENCE, col.PATH], kind="stable")
+    uncertain = rows[rows[col.DECISION] == "uncertain"] if col.DECISION in rows else rows.iloc[:0]
     uncertain = uncertain.head(max_uncertain)
     rest = rows.drop(uncertain.index)
     low = rest.head(lowest)
@@ -149,7 +151,7 @@ def select_for_review(
         part.iloc[np.sort(rng.choice(len(part), size=min(qc_per_class, len(part)), replace=False))].assign(
             group=f"{QC}: {label}"
         )
-        for label, part in rest.groupby("label", sort=True)
+        for label, part in rest.groupby(col.LABEL, sort=True)
     ]
     return pd.concat([uncertain.assign(group=UNCERTAIN), low.assign(group=LOWEST), *qc], ignore_index=True)
 
@@ -178,10 +180,10 @@ def review_training(
         ReviewItem(
             name=r[FN],
             group=DISAGREES,
-            label=r["label"],
-            confidence=float(r["confidence"]),
-            top=top_probabilities(r["probabilities"], classes),
-            decision=r.get("decision"),
+            label=r[col.LABEL],
+            confidence=float(r[col.CONFIDENCE]),
+            top=top_probabilities(r[col.PROBABILITIES], classes),
+            decision=r.get(col.DECISION),
             given=r["actual"],
             loss=round(float(r["loss"]), 4),
         )

@@ -6,5 +6,6 @@ CPU decode tasks, transient-read retries), model.py (ModelSpec), predictor.py (t
 backends), augment.py (fused TTA augmentation), chunk_writer.py (commits by count and time), store.py
 (the output directory and its fenced exactly-once commit protocol), durable.py (fsync), lease.py (one
 writer per output), done_index.py (incremental lookups), progress.py (progress lines, timings) and
-pause.py (test-only pause points). TTA's blend itself is shared with training (vehicle_ray/tta.py).
+pause.py (test-only pause points); columns.py names the Parquet columns every writer and
+reader uses. TTA's blend itself is shared with training (vehicle_ray/tta.py).
 """

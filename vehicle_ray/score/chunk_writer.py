@@ -21,6 +21,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from vehicle_ray.score import columns as col
 from vehicle_ray.score.lease import Lease
 from vehicle_ray.score.pause import BEFORE_COMMIT, pause_point
 from vehicle_ray.score.progress import Timeline
@@ -51,7 +52,7 @@ class ChunkWriter:
 
     @property
     def pending_errors(self) -> int:
-        return sum(t.num_rows - t.column("error").null_count for t in self._pending)
+        return sum(t.num_rows - t.column(col.ERROR).null_count for t in self._pending)
 
     def add(self, rows: pa.Table) -> None:
         """Take a batch of pipeline rows; commit every full `commit_every`, and everything pending

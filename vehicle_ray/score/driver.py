@@ -25,9 +25,9 @@ import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
 from vehicle_ray.errors import DriftAlert, InputError, ResourcesUnavailable
 from vehicle_ray.monitoring import RunMonitor, drift_of
+from vehicle_ray.score import columns as col
 from vehicle_ray.score.chunk_writer import ChunkWriter
 from vehicle_ray.score.decode import decode_batch
 from vehicle_ray.score.done_index import path_hashes
@@ -105,6 +106,100 @@ class ScoreSummary:
         )
 
 
+@dataclass(frozen=True)
+class PreparedModel:
+    """The model as this run serves it, resolved and checked before anything is listed or written (a
+    run and --dry-run alike), so a bad model or flag costs no lease and no Ray."""
+
+    spec: ModelSpec
+    tta: TTASettings
+    serving: ServingPolicy  # what the actors serve beyond the passes: calibration, decision, adaptive gate
+    reference: dict | None  # the validation baseline drift is measured against; None without one
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step after the lease shares, passed as one value instead of a dozen arguments."""
+
+    store: OutputStore
+    run_id: str
+    lease: Lease | None
+    root: ImageRoot
+    opts: ScoreOptions
+    elastic: bool  # a cluster we joined (RAY_ADDRESS) may grow; the embedded one cannot
+    timeline: Timeline
+    model: PreparedModel
+    output: str  # --output as given: summary.json's `output` and the shared-path check
+    input_flag: str  # the flag that named the images (--images or --input), for the shared-path message
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The run's listing as written (listing.write_listing): the manifest directory, the files listed,
+    the files to score, and --retry-errors' committed error rows listed again (path -> error file)."""
+
+    path: str
+    listed: int
+    new: int
+    retried: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The chunks a run committed and their row counts, checked against the files it had to score."""
+
+    chunks: list[ChunkCommit]
+    scored: int
+    errors: int
+    deferred: int
+
+    @classmethod
+    def check(cls, chunks: list[ChunkCommit], expected: int) -> Committed:
+        """Every listed file ends up in exactly one of predictions, errors or deferred: a mismatch fails
+        the run before finish_run records it."""
+        scored, errors = sum(c.predictions for c in chunks), sum(c.errors for c in chunks)
+        deferred = sum(c.deferred for c in chunks)
+        if scored + errors + deferred != expected:
+            raise RuntimeError(
+                f"accounting mismatch: {expected} files to score but {scored} predictions + {errors} "
+                f"errors + {deferred} deferred were committed; the next --incremental run scores the rest"
+            )
+        return cls(chunks, scored, errors, deferred)
+
+
+class RowTally:
+    """What the rows tell the driver, updated once per batch: the run monitor (labels and confidences,
+    for summary.json's `monitoring` and drift), the precisions the actors recorded (a GPU's bf16 or
+    fp16: each actor picks its own, so only the rows know) and the rows by the number of TTA passes
+    they got (adaptive TTA: 1 or n+1)."""
+
+    def __init__(self, classes: list[str]):
+        self.monitor = RunMonitor(classes)
+        self.precisions: dict[str, set[str]] = {}  # column -> precisions seen (planning.recorded_tta's `ran`)
+        self.passes: dict[int, int] = {}  # passes -> rows that got them
+
+    def update(self, batch: pa.Table, rows: pa.Table) -> None:
+        """One batch as it arrived and its `rows` without those already received (_SeenPaths)."""
+        self.monitor.update(rows.column(col.LABEL).to_pylist(), rows.column(col.CONFIDENCE).to_numpy())
+        for column in col.TTA_PRECISIONS:  # a GPU actor: bf16 or fp16
+            self.precisions.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
+        for count, rows_with in Counter(rows.column(col.TTA_PASSES).drop_null().to_pylist()).items():
+            self.passes[count] = self.passes.get(count, 0) + rows_with
+
+    def tta_record(self, model: PreparedModel) -> dict:
+        """summary.json's `tta`: the settings as they ran, the mode, and how many rows got the plain
+        pass alone and how many the augmented passes too."""
+        gate, passes = model.serving.gate, self.passes
+        return {
+            **asdict(recorded_tta(model.tta, self.precisions)),
+            "mode": "full" if gate is None else "adaptive",
+            "threshold": None if gate is None else gate.threshold,
+            "plain_only": passes.get(1, 0),
+            "augmented": sum(k for p, k in passes.items() if p > 1),
+            "passes_per_image": round(sum(p * k for p, k in passes.items()) / max(sum(passes.values()), 1), 4),
+        }
+
+
 def score(
     model: str | Path,
     source: str | Path,
@@ -119,7 +214,7 @@ def score(
     With `opts.fail_on_drift`, a run whose drift exceeds it raises DriftAlert (carrying the summary)
     after it is committed."""
     timeline = Timeline()
-    spec, tta, serving, reference = prepare_model(model, opts, allow_pickle, tracking_uri)
+    prepared = prepare_model(model, opts, allow_pickle, tracking_uri)
     timeline.mark("model_ready")
     root, chunks, listing = list_input(source, images, output, opts)
     elastic = bool(os.environ.get("RAY_ADDRESS"))  # a cluster we joined may grow; the embedded one cannot
@@ -128,133 +223,130 @@ def score(
     timeline.mark("output_opened")
     with _writer_lease(store, run_id, opts) as lease:  # before Ray: a run told to try later costs nothing
         timeline.mark("lease_taken")
-        # Planned before anything is changed, so bad flags never exit 2 after --overwrite deleted the
-        # history: a run that uses Ray whatever its size now, the others (in-process or the embedded
-        # Ray, by the number of files to score) checked against this machine's CPUs now and planned
-        # once the manifest says how many files there are.
-        if _needs_ray(opts, elastic):
-            planned = _ray_plan(root, output, images, opts, elastic, timeline)
-        else:
-            planned = None
-            plan_resources({"CPU": float(os.cpu_count() or 1)}, opts)  # what the embedded Ray will have
-        recovered = store.recover(lease)
-        if any(recovered.values()):
-            logger.info(
-                f"recovered the output: {recovered['rolled_forward']} committed files moved into place, "
-                f"{recovered['removed']} uncommitted files removed, {recovered['quarantined']} commit records "
-                "quarantined (their data was gone; their files are scored again)"
-            )
-        if opts.overwrite:
-            store.clear(lease)
-        else:
-            check_history(output, bool(store.committed_runs()), opts)
-        with store.done_index(lease) if opts.incremental else contextlib.nullcontext() as done:
-            manifest, listed, new, pending = write_listing(store, run_id, root, chunks, done, opts.retry_errors)
-        store = store.retrying(pending.retried)  # --retry-errors: commits replace the old error rows
-        timeline.mark("manifest_written")
-        # In-process or Ray from the files to score, not the files listed: an --incremental night
-        # that lists 20,000 names of which 500 are new is a small run.
-        plan = (
-            planned
-            or in_process_plan(new, opts, os.cpu_count() or 1, on_cluster=False)
-            or _ray_plan(root, output, images, opts, elastic, timeline)
-        )
-        logger.info(
-            f"scoring {new} new of {listed} listed files with {spec.model_id} (TTA n={tta.n}, "
-            f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
-            f"committing every {opts.commit_every} files or {opts.commit_interval:g}s"
-        )
-        ran: dict[str, set[str]] = {}  # the precisions the actors recorded (a GPU's bf16 or fp16)
-        passes: dict[int, int] = {}  # rows by the number of passes they got (adaptive TTA: 1 or n+1)
-        monitor = RunMonitor(spec.classes)
-        committed = (
-            _score_in_chunks(
-                store,
-                run_id,
-                manifest,
-                root,
-                spec,
-                tta,
-                plan,
-                opts,
-                new,
-                elastic,
-                lease,
-                serving,
-                monitor,
-                ran,
-                passes,
-                timeline,
-            )
-            if new
-            else []
-        )
-        scored, errors = sum(c.predictions for c in committed), sum(c.errors for c in committed)
-        deferred = sum(c.deferred for c in committed)
-        if scored + errors + deferred != new:
-            raise RuntimeError(
-                f"accounting mismatch: {new} files to score but {scored} predictions + {errors} "
-                f"errors + {deferred} deferred were committed; the next --incremental run scores the rest"
-            )
+        flag = "--images" if images is not None else "--input"
+        ctx = RunContext(store, run_id, lease, root, opts, elastic, timeline, prepared, str(output), flag)
+        planned = _plan_before_changes(ctx)
+        _recover_output(ctx)
+        ctx, manifest = _write_manifest(ctx, chunks)
+        plan = _plan_for_manifest(ctx, manifest, planned)
+        tally = RowTally(prepared.spec.classes)
+        committed = Committed.check(_score_in_chunks(ctx, manifest, plan, tally) if manifest.new else [], manifest.new)
         timeline.mark("done")
-        wall = timeline.marks["done"]
-        summary = ScoreSummary(
-            run_id=run_id,
-            output=str(output),
-            files_listed=listed,
-            skipped_done=listed - new,
-            files_seen=new,
-            scored=scored,
-            errors=errors,
-            deferred=deferred,
-            retried_errors=len(pending.retried),
-            wall_seconds=round(wall, 3),
-            images_per_second=round(new / wall, 2),
-            model_id=spec.model_id,
-            model_sha256=spec.model_sha256,
-            tta=_tta_record(recorded_tta(tta, ran), serving, passes),
-            resources=asdict(plan),
-            chunks=len(committed),
-            commit_every=opts.commit_every,
-            commit_interval=opts.commit_interval,
-            calibration=serving.describe(tta),
-            decision=serving.decision.describe(spec.classes),
-            monitoring=monitor.summary(new, errors, reference),
-            model_registry_name=spec.registry_name,
-            model_registry_version=spec.registry_version,
-            timings=timeline.as_dict(),
-            exact_decode=opts.exact_decode,
-            listing=_listing_record(root, listing, opts),
+        summary = _summary(ctx, manifest, plan, committed, tally, listing)
+        ctx.store.finish_run(run_id, asdict(summary), committed.chunks, lease)
+    _check_drift(summary, opts)
+    return summary
+
+
+def _plan_before_changes(ctx: RunContext) -> Plan | None:
+    """The plan of a run that uses Ray whatever its size; None for the others (planned by
+    _plan_for_manifest)."""
+    # Planned before anything is changed, so bad flags never exit 2 after --overwrite deleted the
+    # history: a run that uses Ray whatever its size now, the others (in-process or the embedded
+    # Ray, by the number of files to score) checked against this machine's CPUs now and planned
+    # once the manifest says how many files there are.
+    if _needs_ray(ctx.opts, ctx.elastic):
+        return _ray_plan(ctx)
+    plan_resources({"CPU": float(os.cpu_count() or 1)}, ctx.opts)  # what the embedded Ray will have
+    return None
+
+
+def _recover_output(ctx: RunContext) -> None:
+    """Put right what a crashed run left (store.recover), then delete the history (--overwrite) or
+    check that this run may join it."""
+    recovered = ctx.store.recover(ctx.lease)
+    if any(recovered.values()):
+        logger.info(
+            f"recovered the output: {recovered['rolled_forward']} committed files moved into place, "
+            f"{recovered['removed']} uncommitted files removed, {recovered['quarantined']} commit records "
+            "quarantined (their data was gone; their files are scored again)"
         )
-        store.finish_run(run_id, asdict(summary), committed, lease)
+    if ctx.opts.overwrite:
+        ctx.store.clear(ctx.lease)
+    else:
+        check_history(ctx.output, bool(ctx.store.committed_runs()), ctx.opts)
+
+
+def _write_manifest(ctx: RunContext, chunks: Iterator[list[str]]) -> tuple[RunContext, Manifest]:
+    """The manifest of the files to score (less those the done-index holds, with --incremental); the
+    context comes back with a store whose commits replace the old error rows of --retry-errors."""
+    with ctx.store.done_index(ctx.lease) if ctx.opts.incremental else contextlib.nullcontext() as done:
+        path, listed, new, pending = write_listing(ctx.store, ctx.run_id, ctx.root, chunks, done, ctx.opts.retry_errors)
+    ctx = replace(ctx, store=ctx.store.retrying(pending.retried))  # --retry-errors: commits replace the old rows
+    ctx.timeline.mark("manifest_written")
+    return ctx, Manifest(path, listed, new, pending.retried)
+
+
+def _plan_for_manifest(ctx: RunContext, manifest: Manifest, planned: Plan | None) -> Plan:
+    """The actor pool (or the in-process path) for the files to score, logged with the run's settings."""
+    # In-process or Ray from the files to score, not the files listed: an --incremental night
+    # that lists 20,000 names of which 500 are new is a small run.
+    opts, spec, tta = ctx.opts, ctx.model.spec, ctx.model.tta
+    plan = planned or in_process_plan(manifest.new, opts, os.cpu_count() or 1, on_cluster=False) or _ray_plan(ctx)
+    logger.info(
+        f"scoring {manifest.new} new of {manifest.listed} listed files with {spec.model_id} (TTA n={tta.n}, "
+        f"beta={tta.beta}{', max' if tta.use_max else ''}, passes {describe_precisions(tta)}); {plan.describe()}; "
+        f"committing every {opts.commit_every} files or {opts.commit_interval:g}s"
+    )
+    return plan
+
+
+def _summary(
+    ctx: RunContext,
+    manifest: Manifest,
+    plan: Plan,
+    committed: Committed,
+    tally: RowTally,
+    listing: ListingStats | None,
+) -> ScoreSummary:
+    """summary.json for a run whose rows are all committed (its `done` mark set)."""
+    opts, spec, serving, new = ctx.opts, ctx.model.spec, ctx.model.serving, manifest.new
+    wall = ctx.timeline.marks["done"]
+    return ScoreSummary(
+        run_id=ctx.run_id,
+        output=ctx.output,
+        files_listed=manifest.listed,
+        skipped_done=manifest.listed - new,
+        files_seen=new,
+        scored=committed.scored,
+        errors=committed.errors,
+        deferred=committed.deferred,
+        retried_errors=len(manifest.retried),
+        wall_seconds=round(wall, 3),
+        images_per_second=round(new / wall, 2),
+        model_id=spec.model_id,
+        model_sha256=spec.model_sha256,
+        tta=tally.tta_record(ctx.model),
+        resources=asdict(plan),
+        chunks=len(committed.chunks),
+        commit_every=opts.commit_every,
+        commit_interval=opts.commit_interval,
+        calibration=serving.describe(ctx.model.tta),
+        decision=serving.decision.describe(spec.classes),
+        monitoring=tally.monitor.summary(new, committed.errors, ctx.model.reference),
+        model_registry_name=spec.registry_name,
+        model_registry_version=spec.registry_version,
+        timings=ctx.timeline.as_dict(),
+        exact_decode=opts.exact_decode,
+        listing=_listing_record(ctx.root, listing, opts),
+    )
+
+
+def _check_drift(summary: ScoreSummary, opts: ScoreOptions) -> None:
+    """--fail-on-drift: DriftAlert (exit 3) for a committed run whose drift exceeds it."""
     drift = drift_of(asdict(summary))
     if opts.fail_on_drift is not None and drift is not None and drift > opts.fail_on_drift:
         raise DriftAlert(
-            f"run {run_id} drifted from the validation baseline: PSI {drift:.3f} > --fail-on-drift "
+            f"run {summary.run_id} drifted from the validation baseline: PSI {drift:.3f} > --fail-on-drift "
             f"{opts.fail_on_drift:g} (flags: {', '.join(summary.monitoring['flags']) or 'none'}); the run is "
             f"committed ({summary.scored} scored, {summary.errors} errors)",
             summary,
         )
-    return summary
-
-
-def _tta_record(tta: TTASettings, serving: ServingPolicy, passes: dict[int, int]) -> dict:
-    """summary.json's `tta`: the settings as they ran, the mode, and how many rows got the plain pass
-    alone and how many the augmented passes too."""
-    gate = serving.gate
-    return {
-        **asdict(tta),
-        "mode": "full" if gate is None else "adaptive",
-        "threshold": None if gate is None else gate.threshold,
-        "plain_only": passes.get(1, 0),
-        "augmented": sum(k for p, k in passes.items() if p > 1),
-        "passes_per_image": round(sum(p * k for p, k in passes.items()) / max(sum(passes.values()), 1), 4),
-    }
 
 
 def prepare_model(
     model: str | Path, opts: ScoreOptions, allow_pickle: bool = False, tracking_uri: str | None = None
-) -> tuple[ModelSpec, TTASettings, ServingPolicy, dict | None]:
+) -> PreparedModel:
     """The model, checked before anything is listed or written (a run and --dry-run alike): its spec,
     TTA settings, what the actors serve, and the monitoring baseline (None without one)."""
     spec = resolve_model(model, allow_pickle, tracking_uri)
@@ -269,7 +361,7 @@ def prepare_model(
     if not spec.allow_pickle:  # the actors verify again, but a tampered file is refused here without Ray
         use_gpu = actor_device(opts.gpus_per_actor) == "cuda"
         open_artifact(spec.directory, verify=set(pass_files(spec, tta, opts.backend, use_gpu)))
-    return spec, tta, serving, reference
+    return PreparedModel(spec, tta, serving, reference)
 
 
 def list_input(
@@ -328,20 +420,13 @@ def _listing_record(root: ImageRoot, listing: ListingStats | None, opts: ScoreOp
     }
 
 
-def _ray_plan(
-    root: ImageRoot,
-    output: str | Path,
-    images: str | Path | None,
-    opts: ScoreOptions,
-    elastic: bool,
-    timeline: Timeline,
-) -> Plan:
+def _ray_plan(ctx: RunContext) -> Plan:
     """Start (or join) Ray, check that the paths are shared with its nodes and size the actor pool."""
     resources = init_ray()
-    timeline.mark("ray_ready")
-    require_shared_path(root.uri, "--images" if images is not None else "--input")
-    require_shared_path(str(output), "--output")
-    return plan_resources(resources, opts, elastic=elastic)
+    ctx.timeline.mark("ray_ready")
+    require_shared_path(ctx.root.uri, ctx.input_flag)
+    require_shared_path(ctx.output, "--output")
+    return plan_resources(resources, ctx.opts, elastic=ctx.elastic)
 
 
 def _writer_lease(store: OutputStore, run_id: str, opts: ScoreOptions) -> contextlib.AbstractContextManager:
@@ -395,17 +480,15 @@ def _decode_kwargs(root: ImageRoot, spec: ModelSpec, opts: ScoreOptions) -> dict
     }
 
 
-def _predictor_kwargs(
-    spec: ModelSpec, tta: TTASettings, plan: Plan, opts: ScoreOptions, serving: ServingPolicy
-) -> dict:
+def _predictor_kwargs(model: PreparedModel, plan: Plan, opts: ScoreOptions) -> dict:
     return {
-        "spec": spec,
-        "tta": tta,
+        "spec": model.spec,
+        "tta": model.tta,
         "backend": opts.backend,
         "threads": plan.threads,
         "emit_plain": opts.emit_plain,
         "device": actor_device(plan.gpus_per_actor),
-        "serving": serving,
+        "serving": model.serving,
         "exact_decode": opts.exact_decode,
     }
 
@@ -419,7 +502,7 @@ def _in_process_rows(
     for record_batch in pads.dataset(manifest, filesystem=store.fs, format="parquet").to_batches(
         batch_size=opts.batch_size
     ):
-        columns = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in ("path", "rel")}
+        columns = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in (col.PATH, col.REL)}
         yield model(decode_batch(columns, **decode))
 
 
@@ -437,52 +520,20 @@ def _configure_data_context(plan: Plan, spec: ModelSpec, opts: ScoreOptions) -> 
     return wait
 
 
-def _score_in_chunks(
-    store: OutputStore,
-    run_id: str,
-    manifest: str,
-    root: ImageRoot,
-    spec: ModelSpec,
-    tta: TTASettings,
-    plan: Plan,
-    opts: ScoreOptions,
-    total: int,
-    elastic: bool,
-    lease: Lease | None,
-    serving: ServingPolicy,
-    monitor: RunMonitor,
-    ran: dict[str, set[str]],
-    passes: dict[int, int],
-    timeline: Timeline,
-) -> list[ChunkCommit]:
+def _score_in_chunks(ctx: RunContext, manifest: Manifest, plan: Plan, tally: RowTally) -> list[ChunkCommit]:
     """Stream the pipeline's rows into the driver's chunk writer (commits by count and by time);
-    `serving` goes to the model actors, `monitor` sees every row, `ran` collects the precisions the
-    actors recorded, `passes` counts rows by their TTA passes and `timeline` records when rows arrived
-    and what commits cost."""
+    `tally` sees every row once, and the timeline records when rows arrived and what commits cost."""
     seen = _SeenPaths()
-    writer = ChunkWriter(store, run_id, lease, opts.commit_every, opts.commit_interval, timeline)
-    progress = Progress(total, interval=opts.progress_interval)
-
-    wait = -1.0
-    decode, predictor = _decode_kwargs(root, spec, opts), _predictor_kwargs(spec, tta, plan, opts, serving)
-    if plan.in_process:
-        batches = _in_process_rows(store, manifest, opts, decode, predictor)
-    else:
-        wait = _configure_data_context(plan, spec, opts)
-        if elastic:
-            _wait_for_first_actor(plan, wait)
-        ds = _dataset(store, manifest, plan, opts, decode, predictor)
-        batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
+    opts, timeline = ctx.opts, ctx.timeline
+    writer = ChunkWriter(ctx.store, ctx.run_id, ctx.lease, opts.commit_every, opts.commit_interval, timeline)
+    progress = Progress(manifest.new, interval=opts.progress_interval)
+    batches, wait = _pipeline(ctx, manifest.path, plan)
     timeline.mark("pipeline_started")
     try:
         for batch in batches:
             rows = seen.drop_repeats(batch)
             timeline.rows(seen.count)
-            monitor.update(rows.column("label").to_pylist(), rows.column("confidence").to_numpy())
-            for column in ("tta_plain_precision", "tta_aug_precision"):  # a GPU actor: bf16 or fp16
-                ran.setdefault(column, set()).update(batch.column(column).unique().to_pylist())
-            for count, rows_with in Counter(rows.column("tta_passes").drop_null().to_pylist()).items():
-                passes[count] = passes.get(count, 0) + rows_with
+            tally.update(batch, rows)
             writer.add(rows)
             progress.update(seen.count, writer.errors + writer.pending_errors, len(writer.committed))
     except ray.exceptions.GetTimeoutError as exc:  # Ray Data's own wait, should the cluster shrink meanwhile
@@ -493,6 +544,20 @@ def _score_in_chunks(
     progress.update(seen.count, writer.errors, len(writer.committed))
     progress.close()
     return writer.committed
+
+
+def _pipeline(ctx: RunContext, manifest: str, plan: Plan) -> tuple[Iterator[pa.Table], float]:
+    """The rows of the manifest's files, from this process (plan.in_process) or the Ray Data pipeline,
+    and how long the first actor may take to start (-1: no limit; the in-process path has none)."""
+    decode = _decode_kwargs(ctx.root, ctx.model.spec, ctx.opts)
+    predictor = _predictor_kwargs(ctx.model, plan, ctx.opts)
+    if plan.in_process:
+        return _in_process_rows(ctx.store, manifest, ctx.opts, decode, predictor), -1.0
+    wait = _configure_data_context(plan, ctx.model.spec, ctx.opts)
+    if ctx.elastic:
+        _wait_for_first_actor(plan, wait)
+    ds = _dataset(ctx.store, manifest, plan, ctx.opts, decode, predictor)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1), wait
 
 
 def _actor_bundle(plan: Plan) -> dict[str, float]:
@@ -538,7 +603,7 @@ class _SeenPaths:
         return len(self.hashes)
 
     def drop_repeats(self, batch: pa.Table) -> pa.Table:
-        hashes = path_hashes(batch.column("path").to_pylist()).tolist()
+        hashes = path_hashes(batch.column(col.PATH).to_pylist()).tolist()
         repeated = np.array([h in self.hashes for h in hashes], dtype=bool)
         if repeated.any():
             logger.warning(f"dropped {int(repeated.sum())} rows already received in this run (a retried batch)")

@@ -29,7 +29,8 @@ def scoring_plan(
 ) -> dict[str, Any]:
     """The plan of `score` with these arguments: InputError (exit 2) for anything the run would refuse
     before scoring."""
-    spec, tta, _, _ = prepare_model(model, opts, allow_pickle, tracking_uri)
+    prepared = prepare_model(model, opts, allow_pickle, tracking_uri)
+    spec, tta = prepared.spec, prepared.tta
     root, chunks, listing = list_input(source, images, output, opts)
     listed = sum(len(chunk) for chunk in chunks)
     runs = _finished_runs(output)

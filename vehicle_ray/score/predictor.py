@@ -27,6 +27,7 @@ from vehicle_ray.artifact import WEIGHTS, Artifact, open_artifact
 from vehicle_ray.decision import decide
 from vehicle_ray.device import fastai_on_cpu, gpu_precision
 from vehicle_ray.network import artifact_batch_transforms, load_torch_model
+from vehicle_ray.score import columns as col
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
 from vehicle_ray.score.planning import ran_precisions
@@ -162,8 +163,8 @@ class Predictor:
         self.classes = np.array(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        n = len(batch["path"])
-        errors = [str(e) for e in batch["error"]]
+        n = len(batch[col.PATH])
+        errors = [str(e) for e in batch[col.ERROR]]
         ok = np.array([e == "" for e in errors], dtype=bool)
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         plain = probs.copy()
@@ -175,25 +176,25 @@ class Predictor:
             )
         best = probs.argmax(axis=1)
         columns = {
-            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
-            "label": pa.array(self.classes[best], pa.string(), mask=~ok),
-            "confidence": pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
-            "probabilities": _prob_lists(probs, ok),
-            "class_probabilities": _class_maps(self.spec.classes, probs, ok),
-            "decision": pa.array(decide(probs, self.classes, self.serving.decision), pa.string(), mask=~ok),
-            "calibrated": pa.array([self.serving.calibrated] * n, pa.bool_()),
-            "error": pa.array([e or None for e in errors], pa.string()),
-            "model_id": pa.array([self.spec.model_id] * n, pa.string()),
-            "model_sha256": pa.array([self.spec.model_sha256] * n, pa.string()),
-            "model_registry_name": pa.array([self.spec.registry_name] * n, pa.string()),
-            "model_registry_version": pa.array([self.spec.registry_version] * n, pa.string()),
-            **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},
-            "tta_passes": pa.array(np.where(augmented, self.tta.n + 1, 1), pa.int16(), mask=~ok),
-            "exact_decode": pa.array([self.exact_decode] * n, pa.bool_()),
-            "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
+            col.PATH: pa.array([str(p) for p in batch[col.PATH]], pa.string()),
+            col.LABEL: pa.array(self.classes[best], pa.string(), mask=~ok),
+            col.CONFIDENCE: pa.array(probs.max(axis=1), pa.float32(), mask=~ok),
+            col.PROBABILITIES: _prob_lists(probs, ok),
+            col.CLASS_PROBABILITIES: _class_maps(self.spec.classes, probs, ok),
+            col.DECISION: pa.array(decide(probs, self.classes, self.serving.decision), pa.string(), mask=~ok),
+            col.CALIBRATED: pa.array([self.serving.calibrated] * n, pa.bool_()),
+            col.ERROR: pa.array([e or None for e in errors], pa.string()),
+            col.MODEL_ID: pa.array([self.spec.model_id] * n, pa.string()),
+            col.MODEL_SHA256: pa.array([self.spec.model_sha256] * n, pa.string()),
+            col.MODEL_REGISTRY_NAME: pa.array([self.spec.registry_name] * n, pa.string()),
+            col.MODEL_REGISTRY_VERSION: pa.array([self.spec.registry_version] * n, pa.string()),
+            **{k: pa.array([v] * n) for k, v in self.tta.as_columns().items()},  # tta_n ... tta_*_precision
+            col.TTA_PASSES: pa.array(np.where(augmented, self.tta.n + 1, 1), pa.int16(), mask=~ok),
+            col.EXACT_DECODE: pa.array([self.exact_decode] * n, pa.bool_()),
+            col.SCORED_AT: pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
         }
         if self.emit_plain:
-            columns["plain_probabilities"] = _prob_lists(plain, ok)
+            columns[col.PLAIN_PROBABILITIES] = _prob_lists(plain, ok)
         return pa.table(columns)
 
 

@@ -73,6 +73,7 @@ import pyarrow.parquet as pq
 
 from vehicle_ray.data import resolve_location
 from vehicle_ray.errors import InputError, LeaseLost
+from vehicle_ray.score import columns as col
 from vehicle_ray.score import durable
 from vehicle_ray.score.decode import TRANSIENT, error_kind
 from vehicle_ray.score.done_index import (
@@ -95,22 +96,22 @@ FENCES, QUARANTINE, LISTING = "_fences", "_quarantine", "_listing"
 DEFERRED = "_deferred"
 KINDS = (PREDICTIONS, ERRORS, DEFERRED)  # the row kinds of a chunk: one partition per run each
 DONE_KINDS = (PREDICTIONS, ERRORS)  # the kinds whose paths are done (in the done-index)
-ERROR_COLUMNS = ["path", "error", "error_kind", "model_id", "model_sha256"]
-DEFERRED_COLUMNS = ["path", "error"]
+ERROR_COLUMNS = [col.PATH, col.ERROR, col.ERROR_KIND, col.MODEL_ID, col.MODEL_SHA256]
+DEFERRED_COLUMNS = [col.PATH, col.ERROR]
 
 
 def split_rows(table: pa.Table) -> dict[str, pa.Table]:
     """The pipeline's rows (an `error` column, null when scored) as {predictions, errors, deferred}
     tables: an error whose message is decode.py's TRANSIENT is deferred, any other is an errors/ row
     with its `error_kind`."""
-    messages = table.column("error")
+    messages = table.column(col.ERROR)
     failed = messages.is_valid()
     deferred = pc.fill_null(pc.starts_with(messages, TRANSIENT), False)
     errors = table.filter(pc.and_(failed, pc.invert(deferred)))
-    kinds = pa.array([error_kind(m) for m in errors.column("error").to_pylist()], pa.string())
+    kinds = pa.array([error_kind(m) for m in errors.column(col.ERROR).to_pylist()], pa.string())
     return {
-        PREDICTIONS: table.filter(pc.invert(failed)).drop_columns(["error"]),
-        ERRORS: errors.append_column("error_kind", kinds).select(ERROR_COLUMNS),
+        PREDICTIONS: table.filter(pc.invert(failed)).drop_columns([col.ERROR]),
+        ERRORS: errors.append_column(col.ERROR_KIND, kinds).select(ERROR_COLUMNS),
         DEFERRED: table.filter(deferred).select(DEFERRED_COLUMNS),
     }
 
@@ -423,7 +424,7 @@ class OutputStore:
         self._make_dir(staged_dir)
         key = index_key(run_id, index)
         parts = split_rows(rows)
-        done = pa.chunked_array([parts[kind].column("path") for kind in DONE_KINDS], pa.string())
+        done = pa.chunked_array([parts[kind].column(col.PATH) for kind in DONE_KINDS], pa.string())
         staged_index = posixpath.join(staged_dir, "done.idx")
         write_index_file(self.fs, self.path(staged_index), path_hashes(done), [key])
         files[posixpath.join(INDEX_DIR, index_file_name(key))] = staged_index
@@ -456,7 +457,7 @@ class OutputStore:
         replaced = {}
         for n, (final, paths) in enumerate(sorted(by_file.items())):
             table = pq.read_table(self.path(final), filesystem=self.fs)
-            keep = pc.invert(pc.is_in(table.column("path"), value_set=pa.array(sorted(paths), pa.string())))
+            keep = pc.invert(pc.is_in(table.column(col.PATH), value_set=pa.array(sorted(paths), pa.string())))
             staged = posixpath.join(staged_dir, f"replaces-{n:05d}.parquet")
             pq.write_table(table.filter(keep), self.path(staged), filesystem=self.fs)
             replaced[final] = staged
@@ -468,7 +469,7 @@ class OutputStore:
         """The paths of the committed deferred rows, one list per file; some may be done by now (a
         later run scored them), which the caller filters with the done-index."""
         for file in dict.fromkeys(self.committed_files(DEFERRED)):
-            yield pq.read_table(file, columns=["path"], filesystem=self.fs).column("path").to_pylist()
+            yield pq.read_table(file, columns=[col.PATH], filesystem=self.fs).column(col.PATH).to_pylist()
 
     def error_paths(self, kinds: Collection[str]) -> dict[str, str]:
         """--retry-errors: path -> the committed error file (relative to OUT) holding its row, for
@@ -477,12 +478,12 @@ class OutputStore:
         found: dict[str, str] = {}
         for file in dict.fromkeys(self.committed_files(ERRORS)):
             table = pq.read_table(file, filesystem=self.fs)
-            if "error_kind" in table.column_names:
-                row_kinds = table.column("error_kind").to_pylist()
+            if col.ERROR_KIND in table.column_names:
+                row_kinds = table.column(col.ERROR_KIND).to_pylist()
             else:
-                row_kinds = [error_kind(m or "") for m in table.column("error").to_pylist()]
+                row_kinds = [error_kind(m or "") for m in table.column(col.ERROR).to_pylist()]
             relative = posixpath.relpath(file, self.base)
-            for path, kind in zip(table.column("path").to_pylist(), row_kinds, strict=True):
+            for path, kind in zip(table.column(col.PATH).to_pylist(), row_kinds, strict=True):
                 if kind in kinds:
                     found[path] = relative
         return found

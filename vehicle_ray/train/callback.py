@@ -17,110 +17,37 @@ Ray Train has already created the process group, so all we add is:
   while it writes one: weights plus, by default, the optimizer state, about 3x the weights for Adam).
 
 DataParallel does the first two, ShardedValidation the third, RayTrainReport the last; they compose,
-and InjectedFailure (tests only) runs after the report.
+and InjectedFailure (tests only) runs after the report. The pieces they use live beside them:
+sharding.py (which rows each rank takes), collectives.py (gathers, broadcasts, metric merging) and
+checkpoint_state.py (the run's position, checkpoint files).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback
-from fastai.data.core import TfmdDL
-from fastai.learner import AvgLoss, AvgMetric, Recorder, load_model, save_model
-from fastai.metrics import AccumMetric
-from fastai.torch_core import to_detach
+from fastai.learner import Recorder
 from torch.nn.parallel import DistributedDataParallel
 
-STATE_FILE = "state.json"
-WEIGHTS_FILE = "learner.pth"
+from vehicle_ray.train.checkpoint_state import Position, checkpoint_due, unwrapped, write_checkpoint
+from vehicle_ray.train.collectives import (
+    broadcast_buffers,
+    gather_from_ranks,
+    merge_metric_states,
+    metric_state,
+    require_mergeable,
+)
+from vehicle_ray.train.sharding import EpochShard
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EpochShard:
-    """`get_idxs` for a fastai DataLoader: this rank's disjoint share of an epoch permutation all ranks agree on."""
-
-    n: int
-    rank: int
-    world_size: int
-    seed: int
-    stage: int = 0
-    epoch: int = 0
-
-    @property
-    def shard_len(self) -> int:
-        return -(-self.n // self.world_size)
-
-    def __call__(self) -> list[int]:
-        perm = np.random.default_rng((self.seed, self.stage, self.epoch)).permutation(self.n)
-        padded = np.resize(perm, self.shard_len * self.world_size)  # repeats the start to pad
-        return padded[self.rank :: self.world_size].tolist()
-
-
-def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdDL:
-    """A copy of fastai's training DataLoader that iterates only this rank's shard."""
-    shard = EpochShard(n=len(dl.dataset), rank=rank, world_size=world_size, seed=seed)
-    return dl.new(
-        get_idxs=shard,
-        n=shard.shard_len,
-        shuffle=True,
-        drop_last=dl.drop_last,
-    )
-
-
-def rank_rows(n: int, rank: int, world_size: int) -> range:
-    """This rank's contiguous slice of `n` rows; the slices of ranks 0..world_size-1 in order are 0..n-1."""
-    return range(n * rank // world_size, n * (rank + 1) // world_size)
-
-
-def rows_dl(dl: TfmdDL, rows: range, **kwargs) -> TfmdDL:
-    """A copy of `dl` (with `kwargs` changed) that iterates `rows` of its dataset in order, every one."""
-    # get_idxs: a picklable callable (DataLoader workers may pickle it), a fresh list per iteration
-    return dl.new(shuffle=False, drop_last=False, get_idxs=functools.partial(list, rows), n=len(rows), **kwargs)
-
-
-def sharded_valid_dl(dl: TfmdDL, rank: int, world_size: int) -> TfmdDL:
-    """A copy of fastai's validation DataLoader that iterates only this rank's `rank_rows`, and whose
-    batches' metric values stay on this rank (ShardedValidation merges them once per epoch)."""
-    part = rows_dl(dl, rank_rows(len(dl.dataset), rank, world_size))
-    # fastai's metrics detach every batch's values with Learner.to_detach: the DataLoader's to_detach
-    # when it has one, else fastai's, which all-gathers them over the ranks whenever WORLD_SIZE is set
-    # (Ray Train sets it): a collective per batch, which hangs unless every rank runs as many batches,
-    # and a per-batch mean over the ranks that weighs unequal slices wrongly.
-    part.to_detach = _detach_on_this_rank
-    return part
-
-
-def _detach_on_this_rank(b, cpu: bool = True, gather: bool = True):
-    return to_detach(b, cpu, gather=False)
-
-
-@dataclass
-class Position:
-    """Where a run stands: `epoch` epochs of stage `stage` are done (resume starts at epoch `epoch`)."""
-
-    stage: int = 0
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def checkpoint_due(epochs_done: int, every: int, stage_end: bool) -> bool:
-    """Whether the epoch that just finished gets a checkpoint: every `every` epochs (counted over all
-    stages) and at the end of every stage, so a resume never crosses a stage boundary backwards and
-    the last epoch (a stage end) is always saved."""
-    return stage_end or epochs_done % every == 0
 
 
 class DataParallel(Callback):
@@ -188,47 +115,6 @@ class ShardedValidation(Callback):
 
     def _valid_metrics(self) -> list:
         return [self.recorder.loss, *self.learn.metrics] if self.recorder.valid_metrics else []
-
-
-def gather_from_ranks(obj: Any, world_size: int) -> list:
-    """Every rank's picklable `obj`, in rank order, on every rank; a collective on the training's own
-    process group (gloo on CPU; NCCL on GPU, where Ray Train has set each worker's CUDA device)."""
-    if world_size == 1:
-        return [obj]
-    parts: list[Any] = [None] * world_size
-    dist.all_gather_object(parts, obj)
-    return parts
-
-
-def broadcast_buffers(model: torch.nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm statistics) on every rank; a collective. DDP keeps the parameters
-    equal, but each rank's last training forward updates its own BatchNorm statistics."""
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
-
-
-def require_mergeable(metric) -> None:
-    """The fastai metric kinds whose accumulators `merge_metric_states` knows (all that recipe.METRICS builds)."""
-    if not isinstance(metric, (AccumMetric, AvgMetric, AvgLoss)):
-        raise TypeError(f"sharded validation cannot merge the metric {metric.name!r} ({type(metric).__name__})")
-
-
-def metric_state(metric) -> tuple:
-    """What a rank accumulated in a fastai metric over its validation slice, picklable."""
-    require_mergeable(metric)
-    if isinstance(metric, AccumMetric):
-        return list(metric.preds), list(metric.targs)
-    return float(metric.total), int(metric.count)
-
-
-def merge_metric_states(metric, states: list[tuple]) -> None:
-    """Set `metric`'s accumulators to the union of the ranks' `metric_state`s (in rank order)."""
-    if isinstance(metric, AccumMetric):
-        metric.preds = [p for preds, _ in states for p in preds]
-        metric.targs = [t for _, targs in states for t in targs]
-    else:
-        metric.total = sum(total for total, _ in states)
-        metric.count = sum(count for _, count in states)
 
 
 class RayTrainReport(Callback):
@@ -304,22 +190,3 @@ def _first_to_create(path: str) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def write_checkpoint(directory: Path, learn, position: Position, with_opt: bool = True) -> None:
-    """Weights (+ optimizer state: `with_opt`; fastai's save_model format) and the run position as JSON."""
-    save_model(directory / WEIGHTS_FILE, unwrapped(learn.model), learn.opt, with_opt=with_opt)
-    state = {"stage": position.stage, "epoch": position.epoch, "history": position.history, "with_opt": with_opt}
-    (directory / STATE_FILE).write_text(json.dumps(state))
-
-
-def read_checkpoint(directory: Path, learn, device) -> Position:
-    """Load a checkpoint's weights (and optimizer state, when it has one) into `learn`; its position.
-    Without a saved optimizer state the optimizer starts fresh at the restored epoch (--no-optimizer-state)."""
-    state = json.loads((directory / STATE_FILE).read_text())
-    load_model(directory / WEIGHTS_FILE, learn.model, learn.opt, with_opt=state.get("with_opt", True), device=device)
-    return Position(stage=state["stage"], epoch=state["epoch"], history=state["history"])

@@ -22,25 +22,16 @@ import ray.train
 import torch
 from fastai.data.core import DataLoaders
 
-from vehicle_ray.artifact import write_learner_files, write_model_json, write_onnx_files
 from vehicle_ray.recipe import per_worker_batch, scaling_record
-from vehicle_ray.train.callback import (
-    DataParallel,
-    InjectedFailure,
-    Position,
-    RayTrainReport,
-    ShardedValidation,
-    broadcast_buffers,
-    gather_from_ranks,
-    read_checkpoint,
-    sharded_train_dl,
-    sharded_valid_dl,
-    write_checkpoint,
-)
+from vehicle_ray.train.artifact_writer import ArtifactContent, write_artifact
+from vehicle_ray.train.callback import DataParallel, InjectedFailure, RayTrainReport, ShardedValidation
+from vehicle_ray.train.checkpoint_state import Position, read_checkpoint, write_checkpoint
+from vehicle_ray.train.collectives import broadcast_buffers, gather_from_ranks
 from vehicle_ray.train.config import ARTIFACT_SUBDIR, TRAIN_LOG_LEVEL, WorkerConfig
 from vehicle_ray.train.hardware import enter_device, fit_shared_memory, loader_batch_bytes, plain_fp32
 from vehicle_ray.train.learner import device_learner
 from vehicle_ray.train.ray_private import REPORT_LOGGER_NAME
+from vehicle_ray.train.sharding import sharded_train_dl, sharded_valid_dl
 from vehicle_ray.train.staging import local_images
 from vehicle_ray.train.validation import distributed_validation_set
 from vehicle_ray.tta import TTASettings
@@ -69,6 +60,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     # logger gets the same level (the root logger is left alone).
     logging.getLogger(REPORT_LOGGER_NAME).setLevel(TRAIN_LOG_LEVEL)
     os.environ.update(dict(cfg.env))
+    # Ray Train integration: the device Ray Train assigned this worker, and its place in the group
     device, hardware = enter_device(cfg.use_gpu, cfg.threads, cfg.loader_workers, ray.train.torch.get_device)
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -87,7 +79,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
     )
     learn.create_opt()
     position, resumed = Position(), False
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # Ray Train integration: where a restarted run resumes
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             position = read_checkpoint(Path(d), learn, device)
@@ -104,6 +96,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             if i < position.stage or start >= stage.epochs:
                 continue
             learn.freeze() if stage.frozen else learn.unfreeze()
+            # Ray Train integration: RayTrainReport calls ray.train.report (_report) every epoch
             cbs = [
                 DataParallel(i, world_size, device),
                 ShardedValidation(world_size),
@@ -123,13 +116,11 @@ def _final_report(
 ) -> None:
     """One last report on every rank, after every rank has scored its slice of the validation set.
 
-    The artifact is written by two ranks at once: the ONNX rank (ONNX_RANK; rank 0 with one worker)
-    exports the ONNX model and calibrates its int8 copy, the longest step after the validation pass
-    (ONNX 1.2 s and int8 2.5 s of 4.7 s for resnet18 at 64 px, one 1-epoch run here); rank 0 writes
-    the run state (so a rerun of a finished run resumes to "done"; without the optimizer state, which
-    nothing trains with again: about 2x the weights for Adam, written and uploaded), export.pkl, the weights, metrics
-    and curves, then model.json with every file's sha256. Both attach their files to the report:
-    Ray Train uploads every rank's checkpoint of one report into the same directory."""
+    The artifact is written by two ranks at once (artifact_writer.write_artifact: the ONNX rank,
+    ONNX_RANK or rank 0 with one worker, exports and quantizes while rank 0 writes the rest and then
+    model.json). Rank 0 also writes the run state, so a rerun of a finished run resumes to "done";
+    without the optimizer state, which nothing trains with again (about 2x the weights for Adam,
+    written and uploaded)."""
     metrics = {"done": 1, "epochs": len(position.history)}
     plain_fp32(learn)
     learn.dls = dls  # the unsharded DataLoaders: export.pkl must pickle only fastai classes
@@ -142,28 +133,18 @@ def _final_report(
         gather_from_ranks({}, world_size)  # the artifact files' sha256s: see below
         ray.train.report(metrics, checkpoint=None)
         return
+    content = ArtifactContent(
+        cfg.recipe, cfg.data.classes, position.history, training, validation, cfg.target, cfg.data_record
+    )
     with tempfile.TemporaryDirectory(prefix="vehicle_ray_artifact_") as tmp:
         artifact = Path(tmp) / ARTIFACT_SUBDIR
         artifact.mkdir()
-        files = {}
         if rank == 0:
             write_checkpoint(Path(tmp), learn, position, with_opt=False)
         learn.model.cpu()
-        if rank == onnx_rank:
-            files.update(write_onnx_files(artifact, learn, cfg.recipe.size))
-        if rank == 0:
-            files.update(write_learner_files(artifact, learn, position.history))
-        files = {name: sha for part in gather_from_ranks(files, world_size) for name, sha in part.items()}
-        if rank == 0:
-            write_model_json(
-                artifact,
-                cfg.recipe,
-                cfg.data.classes,
-                position.history,
-                files,
-                training,
-                validation,
-                cfg.target,
-                cfg.data_record,
-            )
+        # Ray Train integration: both ranks attach their files to one report (below), which Ray Train
+        # uploads into the same checkpoint directory; the collective inside gathers the files' sha256s.
+        write_artifact(
+            artifact, learn, content, rank, onnx_rank, gather=lambda files: gather_from_ranks(files, world_size)
+        )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,7 +1,7 @@
 """The validation set as scoring would serve it: TTA probabilities (with the recipe's TTA settings,
-through scoring's own `tta_probabilities`), the plain pass's, and the true classes. Computed once
-after training, on the training device, every rank scoring a slice of it for rank 0; artifact.py fits
-calibration, the operating point and the monitoring baseline on it.
+through the shared `tta_probabilities`), the plain pass's, and the true classes. Computed once after
+training, on the training device, every rank scoring a slice of it for rank 0; artifact_writer.py fits
+calibration, the operating point, adaptive TTA's threshold and the monitoring baseline on it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from fasttransform import Pipeline
 
-from vehicle_ray.train.callback import gather_from_ranks, rank_rows, rows_dl
+from vehicle_ray.train.collectives import gather_from_ranks
+from vehicle_ray.train.sharding import rank_rows, rows_dl
 from vehicle_ray.tta import TTASettings, ValidationSet, fastai_passes, tta_probabilities
 
 
