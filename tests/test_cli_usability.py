@@ -52,7 +52,9 @@ NEW_ONLY = {"score": [r"--output\b", r"--batch-size\b", r"--overwrite\b"], "eval
 
 def parsed(command: str, args: list[str]) -> dict:
     """The parameters click's real parser gives `vehicle-ray COMMAND ARGS` (nothing is run)."""
-    parent = click.Context(cli, info_name="vehicle-ray", auto_envvar_prefix="VEHICLE_RAY")
+    # the group's own context settings: click caches a command's help option from the first context
+    # that asks for it, so a context without help_option_names would change every later --help
+    parent = click.Context(cli, info_name="vehicle-ray", **cli.context_settings)
     cmd = cli.get_command(parent, command)
     with cmd.make_context(command, REQUIRED.get(command, []) + args, parent=parent) as ctx:
         return ctx.params
@@ -74,7 +76,7 @@ def test_one_sided_switches_of_before_keep_their_value(command, switch, name, va
 
 def help_text(command: str) -> str:
     """`vehicle-ray COMMAND --help` as click renders it."""
-    parent = click.Context(cli, info_name="vehicle-ray")
+    parent = click.Context(cli, info_name="vehicle-ray", **cli.context_settings)
     cmd = cli.get_command(parent, command)
     return cmd.get_help(click.Context(cmd, info_name=command, parent=parent))
 

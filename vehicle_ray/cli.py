@@ -521,16 +521,23 @@ def train_cmd(
     with human_output_to_stderr(as_json), tempfile.TemporaryDirectory(prefix="vehicle_ray_lr_find_") as lr_dir:
         lr_find_png = None
         if auto:
-            from vehicle_ray.train.lr_find import find_lr
-
             plot_dir = lr_dir if tracking.enabled else None  # the plot is kept only for the MLflow run
-            suggestion = find_lr(
-                opts.csvs, images, plot_dir, recipe, column(fn_col), column(label_col), use_gpu=use_gpu
-            )
-            recipe = recipe.with_overrides(lr=suggestion.valley)
+            recipe = _lr_auto(opts, recipe, plot_dir)
             lr_find_png = Path(lr_dir) / "lr_find.png" if plot_dir else None
-            click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
         result = train(opts, recipe, tracking, lr_find_png)
+    _echo_train_result(result, as_json, register_model)
+
+
+def _lr_auto(opts: TrainOptions, recipe: Any, plot_dir: str | None) -> Any:
+    """--lr auto: lr_find's valley, found in one process at the recipe's global batch."""
+    from vehicle_ray.train.lr_find import find_lr
+
+    suggestion = find_lr(opts.csvs, opts.images, plot_dir, recipe, opts.fn_col, opts.label_col, use_gpu=opts.use_gpu)
+    click.echo(f"lr auto: using lr_find's valley {suggestion.valley:.2e}")
+    return recipe.with_overrides(lr=suggestion.valley)
+
+
+def _echo_train_result(result: Any, as_json: bool, register_model: str | None) -> None:
     if as_json:
         return echo_json(dataclasses.asdict(result))
     shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())

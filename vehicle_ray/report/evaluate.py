@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -138,6 +138,36 @@ def evaluate(
         raise InputError("--save-operating-point needs --positive-class and a target")
     spec = resolve_model(model, allow_pickle)
     positive = _positive_class(spec, target)
+    data = _labeled_set(spec, csv, images, fn_col, label_col)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, truth, joined = _score_labeled(model, data, images, out, opts, allow_pickle)
+    classes = spec.classes
+    probs = np.stack(joined[col.PROBABILITIES].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
+    plain = np.stack(joined[col.PLAIN_PROBABILITIES].to_numpy()) if len(joined) else probs
+    actual_idx = joined["actual"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
+    joined["p_actual"] = probs[np.arange(len(joined)), actual_idx] if len(joined) else []
+    joined["loss"] = -np.log(np.clip(joined["p_actual"].to_numpy(dtype=float), 1e-12, 1.0))
+    metrics = classification_metrics(joined["actual"].tolist(), joined[col.LABEL].tolist(), classes)
+    metrics["accuracy_no_tta"] = float((plain.argmax(1) == actual_idx).mean()) if len(joined) else float("nan")
+    metrics.update(tta=summary.tta, unscored=summary.errors, model_id=spec.model_id)
+    metrics["calibration"] = _calibration_section(probs, actual_idx, summary, out)
+    point = None
+    if positive is not None:
+        scores = probs[:, classes.index(positive)]
+        is_positive = actual_idx == classes.index(positive)
+        point = pick_operating_point(scores, is_positive, target) if target is not None else spec.operating_point
+        metrics["decision"], curves = decision_metrics(probs, actual_idx, classes, positive, point)
+        decision_curves_plot(curves, positive, metrics["decision"]["operating_point"], out / "pr_roc.png")
+        if save_operating_point:
+            record_operating_point(model, {**point, "fitted_on": f"evaluate on {csv}"})
+    metrics["tta_modes"] = tta_modes(spec, summary, probs, plain, actual_idx, positive, point)
+    _write_outputs(out, metrics, joined, classes, lambda p: _thumbnail(data, truth, p))
+    return metrics
+
+
+def _labeled_set(spec: ModelSpec, csv: str | Path, images: str | Path, fn_col: str | int, label_col: str | int):
+    """The labeled CSV, checked against the model's classes."""
     data = read_labeled_csv(csv, images, fn_col, label_col)
     unknown = sorted(set(data.classes) - set(spec.classes))
     if unknown:
@@ -145,11 +175,17 @@ def evaluate(
             f"labels not among the model's classes {spec.classes}: {', '.join(unknown)} "
             f"({int(data.items[LABEL].isin(unknown).sum())} rows)"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    listing = out / "_listing.csv"
+    return data
+
+
+def _score_labeled(
+    model: str | Path, data, images: str | Path, out: Path, opts: ScoreOptions, allow_pickle: bool
+) -> tuple[ScoreSummary, pd.DataFrame, pd.DataFrame]:
+    """(the scoring summary, the truth, the truth joined with the predictions): the labeled files through
+    the scoring pipeline with full TTA and the plain pass kept (the TTA-off accuracy and adaptive TTA's
+    side of the comparison come from the same run), in OUT's scratch directories, removed afterwards."""
+    listing, scoring = out / "_listing.csv", out / "_scoring"
     data.items[[FN]].to_csv(listing, index=False)
-    scoring = out / "_scoring"
     shutil.rmtree(scoring, ignore_errors=True)
     summary = score(
         model,
@@ -165,40 +201,30 @@ def evaluate(
         columns={LABEL: "actual"}
     )
     predictions = pd.read_parquet(scoring / "predictions").drop(columns=[col.RUN], errors="ignore")
-    joined = truth.merge(predictions, on=col.PATH, how="inner")
-    classes = spec.classes
-    probs = np.stack(joined[col.PROBABILITIES].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
-    actual_idx = joined["actual"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
-    joined["p_actual"] = probs[np.arange(len(joined)), actual_idx] if len(joined) else []
-    joined["loss"] = -np.log(np.clip(joined["p_actual"].to_numpy(dtype=float), 1e-12, 1.0))
-    metrics = classification_metrics(joined["actual"].tolist(), joined[col.LABEL].tolist(), classes)
-    plain = np.stack(joined[col.PLAIN_PROBABILITIES].to_numpy()) if len(joined) else probs
-    metrics["accuracy_no_tta"] = float((plain.argmax(1) == actual_idx).mean()) if len(joined) else float("nan")
-    metrics["tta"] = summary.tta
-    metrics["unscored"] = summary.errors
-    metrics["model_id"] = spec.model_id
+    shutil.rmtree(scoring)
+    listing.unlink()
+    return summary, truth, truth.merge(predictions, on=col.PATH, how="inner")
+
+
+def _calibration_section(probs: np.ndarray, actual_idx: np.ndarray, summary: ScoreSummary, out: Path) -> dict:
+    """metrics.json's `calibration` on the served probabilities, and reliability.png."""
     table = reliability_table(probs, actual_idx)
-    metrics["calibration"] = {
+    section = {
         "calibrated": summary.calibration["applied"],
         "temperature": summary.calibration["temperature"],
         "ece": round(ece(probs, actual_idx), 6),
         "nll": round(nll(probs, actual_idx), 6),
         "reliability": table,
     }
-    reliability_plot(table, metrics["calibration"]["ece"], out / "reliability.png")
-    point = None
-    if positive is not None:
-        scores = probs[:, classes.index(positive)]
-        point = (
-            pick_operating_point(scores, actual_idx == classes.index(positive), target)
-            if target is not None
-            else spec.operating_point
-        )
-        metrics["decision"], curves = decision_metrics(probs, actual_idx, classes, positive, point)
-        decision_curves_plot(curves, positive, metrics["decision"]["operating_point"], out / "pr_roc.png")
-        if save_operating_point:
-            record_operating_point(model, {**point, "fitted_on": f"evaluate on {csv}"})
-    metrics["tta_modes"] = tta_modes(spec, summary, probs, plain, actual_idx, positive, point)
+    reliability_plot(table, section["ece"], out / "reliability.png")
+    return section
+
+
+def _write_outputs(
+    out: Path, metrics: dict[str, Any], joined: pd.DataFrame, classes: list[str], thumbnail: Callable
+) -> None:
+    """metrics.json, predictions.parquet (joined with the truth), the confusion matrix, the top losses and
+    report.md."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # pandas reads the class_probabilities map as (class, probability) pairs, which it cannot write back
     # as a map: as a dict per row it is written as a struct with a field per class
@@ -207,11 +233,8 @@ def evaluate(
     matrix = np.asarray(metrics["confusion_matrix"]["rows_actual_columns_predicted"])
     confusion_matrix_plot(matrix, classes, out / "confusion_matrix.png")
     wrong = joined[joined[col.LABEL] != joined["actual"]].nlargest(TOP_LOSSES, "loss")
-    top_losses_plot(wrong, lambda p: _thumbnail(data, truth, p), out / "top_losses.png")
-    _write_report(out, metrics, summary.errors)
-    shutil.rmtree(scoring)
-    listing.unlink()
-    return metrics
+    top_losses_plot(wrong, thumbnail, out / "top_losses.png")
+    _write_report(out, metrics, metrics["unscored"])
 
 
 def tta_modes(

@@ -210,8 +210,70 @@ def train(
     require_shared_path(opts.storage_path or "~/ray_results", "--storage-path")
     require_shared_path(str(opts.out), "--out")
     cpus = cpus_per_worker(opts, node_resources())
+    cfg = _worker_config(opts, recipe, data, (train_idx, valid_idx), cpus)
+    torch_import.join()
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    per_worker = worker_resources(opts, cpus)
+    tracker = _start_tracking(tracking, opts, recipe, data, resources, run_name)
+    logger.info(
+        f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
+        f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}, batch {recipe.bs} "
+        f"({worker_bs} per worker); run {run_name}"
+    )
+    with resource_wait(opts, per_worker, resources) as failure_config:
+        # Ray Train integration: every worker runs run_worker (launch.py → loop.train_worker); fit()
+        # returns the last reported checkpoint, which holds the artifact (loop._final_report)
+        trainer = TorchTrainer(
+            run_worker,
+            train_loop_config={
+                "worker_config": pickle.dumps(cfg),
+                "weights_ref": ray.put(state_dict) if state_dict is not None else None,
+            },
+            torch_config=TorchConfig(timeout_s=int(opts.nccl_timeout)),
+            scaling_config=ScalingConfig(
+                num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker=per_worker
+            ),
+            run_config=_run_config(opts, recipe, run_name, failure_config, tracker),
+        )
+        try:
+            result = trainer.fit()
+        except BaseException:
+            if tracker:
+                fail_run(tracker)
+            raise
+    meta, version = _publish_result(result, out, opts.overwrite, tracker, lr_find_png, tracking.register_model)
+    return TrainResult(
+        out=out,
+        metrics=meta["metrics"],
+        seconds=time.perf_counter() - t0,
+        mlflow_run_id=tracker.run_id if tracker else None,
+        model_version=version,
+    )
+
+
+def _publish_result(
+    result, out: str | Path, overwrite: bool, tracker, lr_find_png: Path | None, register_model: str | None
+) -> tuple[dict, str | None]:
+    """Publish the artifact of the run's last checkpoint to `out` and finish the MLflow run (registering
+    the model when asked); model.json's content and the registered version."""
+    with result.checkpoint.as_directory() as d:
+        artifact = Path(d) / ARTIFACT_SUBDIR
+        meta = open_artifact(artifact).meta
+        publish(artifact, out, overwrite=overwrite)
+        version = finish_run(tracker, artifact, meta, lr_find_png, register_model) if tracker else None
+    return meta, version
+
+
+def _worker_config(
+    opts: TrainOptions, recipe: Recipe, data: LabeledSet, split: tuple[np.ndarray, np.ndarray], cpus: float
+) -> WorkerConfig:
+    """What every worker needs, pickled once: the data and split, the recipe, its device settings and
+    the test-only failure injection (FAIL_AFTER_EPOCH_ENV)."""
+    train_idx, valid_idx = split
     fail_after_epoch = int(os.environ.get(FAIL_AFTER_EPOCH_ENV, "0"))
-    cfg = WorkerConfig(
+    return WorkerConfig(
         data=data,
         recipe=recipe,
         valid_idx=valid_idx,
@@ -226,56 +288,20 @@ def train(
         target=opts.target,
         data_record=data_record(opts.csvs, data, train_idx, valid_idx),
     )
-    torch_import.join()
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_name = opts.name or f"vehicle-ray-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    per_worker = worker_resources(opts, cpus)
-    tracker = _start_tracking(tracking, opts, recipe, data, resources, run_name)
-    logger.info(
-        f"training {recipe.arch} on {len(train_idx)} images ({len(valid_idx)} validation), "
-        f"{opts.workers} worker(s) x {cpus:g} CPU{', GPU' if opts.use_gpu else ''}, batch {recipe.bs} "
-        f"({worker_bs} per worker); run {run_name}"
-    )
-    with resource_wait(opts, per_worker, resources) as failure_config:
-        trainer = TorchTrainer(
-            run_worker,
-            train_loop_config={
-                "worker_config": pickle.dumps(cfg),
-                "weights_ref": ray.put(state_dict) if state_dict is not None else None,
-            },
-            torch_config=TorchConfig(timeout_s=int(opts.nccl_timeout)),
-            scaling_config=ScalingConfig(
-                num_workers=opts.workers, use_gpu=opts.use_gpu, resources_per_worker=per_worker
-            ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=opts.storage_path,
-                failure_config=failure_config,
-                checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                callbacks=[EpochPrinter(recipe.metrics), *([MlflowEpochLogger(tracker)] if tracker else [])],
-                logging_config=LoggingConfig(
-                    log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None else BOUNDED_WAIT_LOG_LEVEL
-                ),
-            ),
-        )
-        try:
-            result = trainer.fit()
-        except BaseException:
-            if tracker:
-                fail_run(tracker)
-            raise
-    with result.checkpoint.as_directory() as d:
-        artifact = Path(d) / ARTIFACT_SUBDIR
-        meta = open_artifact(artifact).meta
-        publish(artifact, out, overwrite=opts.overwrite)
-        version = finish_run(tracker, artifact, meta, lr_find_png, tracking.register_model) if tracker else None
-    return TrainResult(
-        out=out,
-        metrics=meta["metrics"],
-        seconds=time.perf_counter() - t0,
-        mlflow_run_id=tracker.run_id if tracker else None,
-        model_version=version,
+
+def _run_config(opts: TrainOptions, recipe: Recipe, run_name: str, failure_config, tracker) -> RunConfig:
+    """Ray Train's RunConfig: where checkpoints live (resume by --storage-path + --name), how many are
+    kept, the epoch printer and MLflow logger on the controller, and Ray Train's log level."""
+    return RunConfig(
+        name=run_name,
+        storage_path=opts.storage_path,
+        failure_config=failure_config,
+        checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        callbacks=[EpochPrinter(recipe.metrics), *([MlflowEpochLogger(tracker)] if tracker else [])],
+        logging_config=LoggingConfig(
+            log_level=TRAIN_LOG_LEVEL if opts.wait_for_resources is None else BOUNDED_WAIT_LOG_LEVEL
+        ),
     )
 
 
