@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from vehicle_ray.cluster import init_ray
+from vehicle_ray.data import LabeledFiles
 from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.recipe import load_recipe
 from vehicle_ray.report.evaluate import evaluate
@@ -38,7 +39,7 @@ def run_seed(root: Path, sample: Path, seed: int, lr: float | None, workers: int
         ),
         recipe,
     )
-    report = evaluate(out / "model", sample / "test_labels.csv", sample / "images", out / "report")
+    report = evaluate(out / "model", LabeledFiles(sample / "test_labels.csv", sample / "images"), out / "report")
     return {
         "valid": trained.metrics["accuracy"],
         "test_tta": report["accuracy"],

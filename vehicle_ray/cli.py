@@ -950,17 +950,15 @@ def evaluate_cmd(
 ) -> None:
     """Score a labeled set through the scoring pipeline: metrics.json, confusion matrix, top losses,
     reliability diagram, PR/ROC curves and threshold table, report."""
+    from vehicle_ray.data import LabeledFiles
     from vehicle_ray.decision import target_from_flags
     from vehicle_ray.report.evaluate import evaluate
 
     with human_output_to_stderr(as_json):
         m = evaluate(
             model,
-            csv_path,
-            images,
+            LabeledFiles(csv_path, images, column(fn_col), column(label_col)),
             out,
-            column(fn_col),
-            column(label_col),
             ScoreOptions(no_tta=not tta, **options),
             allow_pickle=allow_pickle,
             target=target_from_flags(positive_class, target_recall, target_precision),
@@ -1015,12 +1013,12 @@ def review_cmd(
         raise InputError("review takes a scoring OUTPUT or --training CSV (with --images and --model), not both")
     if training_csv is not None and not (images and model):
         raise InputError("review --training needs --images and --model")
+    from vehicle_ray.data import LabeledFiles
     from vehicle_ray.report.review import review_run, review_training
 
     if training_csv is not None:
-        page = review_training(
-            training_csv, images, model, out, top, column(fn_col), column(label_col), ScoreOptions(no_tta=no_tta)
-        )
+        labeled = LabeledFiles(training_csv, images, column(fn_col), column(label_col))
+        page = review_training(labeled, model, out, top, ScoreOptions(no_tta=no_tta))
     else:
         page = review_run(output, out, run, lowest, qc_per_class, max_uncertain, image_root, seed)
     groups = ", ".join(f"{n} {g}" for g, n in page.groups.items())
@@ -1070,19 +1068,16 @@ def promote_cmd(
 ) -> None:
     """Score CANDIDATE and --champion on the same labeled holdout and promote the candidate (move --alias,
     publish to --publish-to) unless it is worse by more than --max-drop on --metric: then exit 77."""
-    from vehicle_ray.report.promote import PromoteTarget, promote
+    from vehicle_ray.data import LabeledFiles
+    from vehicle_ray.report.promote import Gate, PromoteTarget, promote
 
     result = promote(
         candidate,
         champion,
-        holdout,
-        images,
+        LabeledFiles(holdout, images, column(fn_col), column(label_col)),
         out,
-        metric,
-        max_drop,
+        Gate(metric, max_drop),
         PromoteTarget(alias=alias, publish_to=publish_to),
-        column(fn_col),
-        column(label_col),
         ScoreOptions(no_tta=no_tta),
         build_tracking(mlflow_on, mlflow_uri, mlflow_experiment, mlflow_run_name),
     )

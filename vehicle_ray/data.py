@@ -152,6 +152,20 @@ def missing_files(root: ImageRoot, names: list[str], chunk: int = 2000) -> list[
     return missing
 
 
+@dataclass(frozen=True)
+class LabeledFiles:
+    """Where a labeled set is: its CSV (or several, later ones overriding a file name's label), the image
+    root its file names are relative to, and which columns hold the names and the labels."""
+
+    csv: str | Path | Sequence[str | Path]
+    images: str | Path
+    fn_col: str | int = 0
+    label_col: str | int = 1
+
+    def read(self) -> LabeledSet:
+        return read_labeled_csv(self.csv, self.images, self.fn_col, self.label_col)
+
+
 def read_labeled_csv(
     csv: str | Path | Sequence[str | Path], images: str | Path, fn_col: str | int = 0, label_col: str | int = 1
 ) -> LabeledSet:

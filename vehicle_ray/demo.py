@@ -48,6 +48,7 @@ def run_demo(out: str | Path, workers: int = 2, force: bool = False) -> dict[str
     # the pipeline's imports (Ray, pandas, the training stack) come after the check: a refused --out is instant
     import pandas as pd
 
+    from vehicle_ray.data import LabeledFiles
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.report.evaluate import evaluate
     from vehicle_ray.sample_data import FN_COL, LABEL_COL, write_sample_data
@@ -73,7 +74,7 @@ def run_demo(out: str | Path, workers: int = 2, force: bool = False) -> dict[str
     accuracy = float((joined["label"] == joined[LABEL_COL]).mean())
     report = out / "report"
     logger.info(f"[4/4] evaluation report on the held-out labels -> {report}")
-    evaluate(model, data / "test_labels.csv", data / "images", report)
+    evaluate(model, LabeledFiles(data / "test_labels.csv", data / "images"), report)
     result = {
         "train_seconds": round(trained.seconds, 1),
         "valid_accuracy": round(trained.metrics.get("accuracy", float("nan")), 4),

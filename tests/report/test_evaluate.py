@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import LEARNED_ACCURACY, run_cli
+from vehicle_ray.data import LabeledFiles
 from vehicle_ray.report.evaluate import classification_metrics, evaluate
 
 
@@ -34,7 +35,9 @@ def _png_ok(path, min_w=300, min_h=200):
 
 @pytest.mark.slow
 def test_evaluate_report_on_held_out_labels(trained_model, sample_dir, tmp_path, ray_local):
-    m = evaluate(trained_model, sample_dir / "test_labels.csv", sample_dir / "images", tmp_path / "report")
+    m = evaluate(
+        trained_model, LabeledFiles(sample_dir / "test_labels.csv", sample_dir / "images"), tmp_path / "report"
+    )
     out = tmp_path / "report"
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == m["accuracy"]
     joined = pd.read_parquet(out / "predictions.parquet")

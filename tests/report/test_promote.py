@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run_cli
 from vehicle_ray.errors import EXIT_PROMOTION_REFUSED, InputError
-from vehicle_ray.report.promote import disagreement_rows, gate_metrics, promote
+from vehicle_ray.report.promote import Gate, disagreement_rows, gate_metrics
 
 pytestmark = pytest.mark.timeout(900)
 DOCS_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "images" / "promotion-disagreements.png"
@@ -67,9 +67,9 @@ def test_gate_metrics_take_the_operating_point_else_the_argmax_decision():
 
 def test_gate_settings_are_checked_before_any_model_is_read(tmp_path):
     with pytest.raises(InputError, match="--metric must be one of accuracy, precision, recall, ece"):
-        promote("nowhere", "nowhere", "x.csv", tmp_path, tmp_path / "r", metric="f1")
+        Gate(metric="f1")
     with pytest.raises(InputError, match="--max-drop must be >= 0"):
-        promote("nowhere", "nowhere", "x.csv", tmp_path, tmp_path / "r", max_drop=-0.1)
+        Gate(max_drop=-0.1)
 
 
 def test_disagreements_put_the_candidates_mistakes_first(tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from vehicle_ray.adaptive_tta import CANDIDATES, TARGET_AGREEMENT
+from vehicle_ray.data import LabeledFiles
 from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.score.driver import score
 from vehicle_ray.score.options import ScoreOptions
@@ -117,7 +118,9 @@ def test_an_artifact_without_a_threshold_scores_full_tta(trained_model, sample_d
 
 
 def test_evaluate_reports_full_and_adaptive_side_by_side(trained_model, sample_dir, tmp_path, ray_local):
-    m = evaluate(trained_model, sample_dir / "test_labels.csv", sample_dir / "images", tmp_path / "report")
+    m = evaluate(
+        trained_model, LabeledFiles(sample_dir / "test_labels.csv", sample_dir / "images"), tmp_path / "report"
+    )
     modes = m["tta_modes"]
     assert modes["full"]["passes_per_image"] == m["tta"]["n"] + 1 and modes["full"]["accuracy"] == m["accuracy"]
     adaptive = modes["adaptive"]

@@ -28,7 +28,7 @@ from sklearn.metrics import (
 
 from vehicle_ray.adaptive_tta import served_probabilities
 from vehicle_ray.calibration import ece, nll, reliability_table
-from vehicle_ray.data import FN, LABEL, read_labeled_csv
+from vehicle_ray.data import FN, LABEL, LabeledFiles, LabeledSet
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.plots import confusion_matrix_plot, decision_curves_plot, reliability_plot, top_losses_plot
@@ -122,11 +122,8 @@ def _positive_class(spec: ModelSpec, target: OperatingTarget | None) -> str | No
 
 def evaluate(
     model: str | Path,
-    csv: str | Path,
-    images: str | Path,
+    labeled: LabeledFiles,
     out: str | Path,
-    fn_col: str | int = 0,
-    label_col: str | int = 1,
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
     target: OperatingTarget | None = None,
@@ -138,10 +135,10 @@ def evaluate(
         raise InputError("--save-operating-point needs --positive-class and a target")
     spec = resolve_model(model, allow_pickle)
     positive = _positive_class(spec, target)
-    data = _labeled_set(spec, csv, images, fn_col, label_col)
+    data = _labeled_set(spec, labeled)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary, truth, joined = _score_labeled(model, data, images, out, opts, allow_pickle)
+    summary, truth, joined = _score_labeled(model, data, labeled.images, out, opts, allow_pickle)
     classes = spec.classes
     probs = np.stack(joined[col.PROBABILITIES].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
     plain = np.stack(joined[col.PLAIN_PROBABILITIES].to_numpy()) if len(joined) else probs
@@ -160,15 +157,15 @@ def evaluate(
         metrics["decision"], curves = decision_metrics(probs, actual_idx, classes, positive, point)
         decision_curves_plot(curves, positive, metrics["decision"]["operating_point"], out / "pr_roc.png")
         if save_operating_point:
-            record_operating_point(model, {**point, "fitted_on": f"evaluate on {csv}"})
+            record_operating_point(model, {**point, "fitted_on": f"evaluate on {labeled.csv}"})
     metrics["tta_modes"] = tta_modes(spec, summary, probs, plain, actual_idx, positive, point)
     _write_outputs(out, metrics, joined, classes, lambda p: _thumbnail(data, truth, p))
     return metrics
 
 
-def _labeled_set(spec: ModelSpec, csv: str | Path, images: str | Path, fn_col: str | int, label_col: str | int):
+def _labeled_set(spec: ModelSpec, labeled: LabeledFiles) -> LabeledSet:
     """The labeled CSV, checked against the model's classes."""
-    data = read_labeled_csv(csv, images, fn_col, label_col)
+    data = labeled.read()
     unknown = sorted(set(data.classes) - set(spec.classes))
     if unknown:
         raise InputError(

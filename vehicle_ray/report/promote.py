@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from vehicle_ray.data import FN, open_root
+from vehicle_ray.data import FN, LabeledFiles, open_root
 from vehicle_ray.errors import InputError, PromotionRefused
 from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.report.plots import image_grid
@@ -35,6 +35,21 @@ HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "ece": 
 GATE_METRICS = tuple(HIGHER_IS_BETTER)
 SHOWN_DISAGREEMENTS = 12
 PROMOTE_EXPERIMENT = "vehicle-ray-promote"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The promotion rule: the candidate passes unless it is worse than the champion on `metric` by more
+    than `max_drop` (ECE: lower is better). Checked on construction, before any model is read."""
+
+    metric: str = "accuracy"
+    max_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in HIGHER_IS_BETTER:
+            raise InputError(f"--metric must be one of {', '.join(GATE_METRICS)} (got {self.metric!r})")
+        if self.max_drop < 0:
+            raise InputError(f"--max-drop must be >= 0 (got {self.max_drop})")
 
 
 @dataclass(frozen=True)
@@ -68,23 +83,16 @@ class Promotion:
 def promote(
     candidate: str,
     champion: str,
-    holdout: str | Path,
-    images: str | Path,
+    holdout: LabeledFiles,
     out: str | Path,
-    metric: str = "accuracy",
-    max_drop: float = 0.0,
+    gate: Gate = Gate(),
     target: PromoteTarget = PromoteTarget(),
-    fn_col: str | int = 0,
-    label_col: str | int = 1,
     opts: ScoreOptions = ScoreOptions(),
     tracking: TrackingOptions = TrackingOptions(),
 ) -> Promotion:
     """Compare the two models on the holdout, write the report, and promote the candidate if the gate
     passes; PromotionRefused (after the report and any MLflow logging) if it does not."""
-    if metric not in HIGHER_IS_BETTER:
-        raise InputError(f"--metric must be one of {', '.join(GATE_METRICS)} (got {metric!r})")
-    if max_drop < 0:
-        raise InputError(f"--max-drop must be >= 0 (got {max_drop})")
+    metric, max_drop = gate.metric, gate.max_drop
     uri = tracking.tracking_uri
     cand, champ = resolve_model(candidate, tracking_uri=uri), resolve_model(champion, tracking_uri=uri)
     if cand.classes != champ.classes:
@@ -92,7 +100,7 @@ def promote(
     version = _alias_version(cand, champ, target.alias, uri) if target.alias else None
     out = Path(out)
     results = {
-        role: evaluate(str(spec.directory), holdout, images, out / role, fn_col, label_col, opts)
+        role: evaluate(str(spec.directory), holdout, out / role, opts)
         for role, spec in (("candidate", cand), ("champion", champ))
     }
     values = {role: gate_metrics(m) for role, m in results.items()}
@@ -102,7 +110,7 @@ def promote(
     drop = (b - a) if HIGHER_IS_BETTER[metric] else (a - b)
     promoted = drop <= max_drop + 1e-12
     disagreements = disagreement_rows(out)
-    _disagreements_plot(disagreements, images, out / "disagreements.png")
+    _disagreements_plot(disagreements, holdout.images, out / "disagreements.png")
     actions: list[str] = []
     if promoted:
         if version is not None:

@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 from PIL import Image
 
-from vehicle_ray.data import FN, ImageRoot, is_uri, open_root, read_csv, resolve_column
+from vehicle_ray.data import FN, ImageRoot, LabeledFiles, is_uri, open_root, read_csv, resolve_column
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.evaluate import evaluate
 from vehicle_ray.score import columns as col
@@ -157,13 +157,10 @@ def select_for_review(
 
 
 def review_training(
-    csv: str | Path,
-    images: str | Path,
+    labeled: LabeledFiles,
     model: str | Path,
     out: str | Path,
     top: int = 100,
-    fn_col: str | int = 0,
-    label_col: str | int = 1,
     opts: ScoreOptions = ScoreOptions(),
     allow_pickle: bool = False,
 ) -> ReviewPage:
@@ -172,7 +169,7 @@ def review_training(
     if top < 1:
         raise InputError("--top must be >= 1")
     out = Path(out)
-    evaluate(model, csv, images, out / "evaluation", fn_col, label_col, opts, allow_pickle=allow_pickle)
+    evaluate(model, labeled, out / "evaluation", opts, allow_pickle=allow_pickle)
     scored = pd.read_parquet(out / "evaluation" / "predictions.parquet")
     classes = json.loads((out / "evaluation" / "metrics.json").read_text())["confusion_matrix"]["classes"]
     worst = scored.sort_values(["loss", FN], ascending=[False, True], kind="stable").head(top)
@@ -189,8 +186,9 @@ def review_training(
         )
         for _, r in worst.iterrows()
     ]
-    header = _csv_header(csv, fn_col, label_col)
-    return write_page(out, items, classes, f"Training data {Path(str(csv)).name}", header, open_root(images))
+    header = _csv_header(labeled.csv, labeled.fn_col, labeled.label_col)
+    title = f"Training data {Path(str(labeled.csv)).name}"
+    return write_page(out, items, classes, title, header, open_root(labeled.images))
 
 
 def _csv_header(csv: str | Path, fn_col: str | int, label_col: str | int) -> tuple[str, str]:
