@@ -182,7 +182,8 @@ forward_bound() {  # img/s of the trained model's forward alone, at the precisio
     "$PY" - "$WORK/model" <<'EOF'
 import contextlib, os, sys, time
 import torch
-from vehicle_ray.artifact import load_torch_model, open_artifact
+from vehicle_ray.artifact import open_artifact
+from vehicle_ray.network import load_torch_model
 from vehicle_ray.device import gpu_precision
 
 art = open_artifact(sys.argv[1])
