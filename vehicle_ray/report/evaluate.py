@@ -26,8 +26,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from vehicle_ray.adaptive_tta import served_probabilities
-from vehicle_ray.calibration import ece, nll, reliability_table
+from vehicle_ray.adaptive_tta import AdaptiveGate
+from vehicle_ray.calibration import apply_temperature, ece, nll, reliability_table
 from vehicle_ray.data import FN, LABEL, LabeledFiles, LabeledSet
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
@@ -36,9 +36,7 @@ from vehicle_ray.score import columns as col
 from vehicle_ray.score.driver import ScoreSummary, score
 from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
-from vehicle_ray.score.serving import adaptive_gate
 from vehicle_ray.train.artifact_writer import record_operating_point
-from vehicle_ray.tta import TTASettings
 
 TOP_LOSSES = 9
 TABLE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -249,11 +247,12 @@ def tta_modes(
     the plain pass's temperature), any other row full TTA's; no adaptive entry without a threshold."""
     n = summary.tta["n"]
     modes = {"full": (probs, np.zeros(len(probs), dtype=bool))}
-    gate = adaptive_gate(spec, TTASettings(n=n), ScoreOptions(tta_mode="adaptive"))
-    if gate is not None and n:
-        skipped = ~gate.needs_tta(plain)
-        plain_temperature = spec.calibration["plain"]["temperature"] if summary.calibration["applied"] else None
-        served_plain = served_probabilities(plain, np.ones(len(plain), dtype=bool), plain_temperature, None)
+    threshold = (spec.adaptive_tta or {}).get("threshold")
+    if threshold is not None and n:
+        skipped = ~AdaptiveGate(threshold).needs_tta(plain)
+        served_plain = plain
+        if summary.calibration["applied"]:
+            served_plain = apply_temperature(plain, spec.calibration["plain"]["temperature"])
         modes["adaptive"] = (np.where(skipped[:, None], served_plain, probs), skipped)
     report = {}
     for mode, (p, skipped) in modes.items():
@@ -268,8 +267,8 @@ def tta_modes(
                 p[:, spec.classes.index(positive)], actual_idx == spec.classes.index(positive), point["threshold"]
             )
             report[mode].update(operating_point_recall=at["recall"], operating_point_precision=at["precision"])
-    if gate is not None:
-        report["adaptive"]["threshold"] = gate.threshold
+    if "adaptive" in report:
+        report["adaptive"]["threshold"] = threshold
     return report
 
 
