@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--s3", action="store_true", help="also commit to a moto S3 server the bench starts")
     args = ap.parse_args()
 
-    from vehicle_ray.score import durable
+    from vehicle_ray import durable
     from vehicle_ray.score.options import ScoreOptions
 
     work = Path(tempfile.mkdtemp(prefix="bench_commit_"))

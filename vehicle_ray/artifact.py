@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri, resolve_location
 
 MODEL_JSON = "model.json"
 EXPORT_PKL = "export.pkl"

@@ -6,8 +6,8 @@ import os
 
 import ray
 
-from vehicle_ray.data import is_uri
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri
 
 NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: refuses at once, never a State API
 # CPUs a GPU node keeps out of its GPU workers' and tasks' requests, for whatever else must place there:

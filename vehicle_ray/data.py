@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import Location, is_uri, resolve_location
 
 FN = "fn"
 LABEL = "label"
@@ -23,25 +24,9 @@ _SHOW = 5  # how many offending names an error message quotes
 
 
 @dataclass(frozen=True)
-class ImageRoot:
-    """An image directory as a pyarrow filesystem plus a base path; `uri` is what the user gave."""
-
-    uri: str
-    fs: pafs.FileSystem
-    base: str
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
-
-    def path(self, name: str) -> str:
-        return posixpath.join(self.base, name)
-
-    def full_name(self, name: str) -> str:
-        """The user-facing location of one file: an absolute local path or a URI."""
-        if self.is_local:
-            return self.path(name)
-        return self.uri.rstrip("/") + "/" + name
+class ImageRoot(Location):
+    """An image directory (open_root checked that it exists); `path(name)` and `full_name(name)` of its
+    files come from Location."""
 
 
 @dataclass(frozen=True)
@@ -53,29 +38,11 @@ class LabeledSet:
     classes: list[str]
 
 
-def is_uri(location: str | Path) -> bool:
-    """True for a filesystem URI (s3://, gs://, file:///...), False for a plain local path."""
-    return "://" in str(location)
-
-
 def require_local_root(root: ImageRoot) -> None:
     """fastai's DataLoaders read training images by local path (so export.pkl stays pure fastai): a URI
     root must be copied to local disk first (vehicle_ray.train.staging.local_images)."""
     if not root.is_local:
         raise InputError(f"fastai reads images by local path; copy {root.uri} to local disk first")
-
-
-def resolve_location(location: str | Path, what: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
-    """(pyarrow filesystem, base path, info) for a local path or a URI (s3://, gs://, file://...)."""
-    text = str(location)
-    try:
-        if is_uri(text):
-            fs, base = pafs.FileSystem.from_uri(text)
-        else:
-            fs, base = pafs.LocalFileSystem(), str(Path(text).resolve())
-        return fs, base.rstrip("/") or "/", fs.get_file_info(base)
-    except (pafs.ArrowException, OSError, ValueError) as exc:  # pyarrow raises several types here
-        raise InputError(f"cannot open {what} {text}: {exc}") from exc
 
 
 def open_root(images: str | Path) -> ImageRoot:

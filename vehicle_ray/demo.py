@@ -48,6 +48,7 @@ def run_demo(out: str | Path, workers: int = 2, force: bool = False) -> dict[str
     # the pipeline's imports (Ray, pandas, the training stack) come after the check: a refused --out is instant
     import pandas as pd
 
+    from vehicle_ray import columns as col
     from vehicle_ray.data import LabeledFiles
     from vehicle_ray.recipe import load_recipe
     from vehicle_ray.report.evaluate import evaluate
@@ -68,10 +69,10 @@ def run_demo(out: str | Path, workers: int = 2, force: bool = False) -> dict[str
     logger.info(f"[3/4] TTA scoring of the test images with Ray Data -> {scores}")
     summary = score(model, data / "test.csv", scores, images=data / "images", opts=ScoreOptions())
     truth = pd.read_csv(data / "test_labels.csv", dtype=str)
-    truth["path"] = [str(data / "images" / n) for n in truth[FN_COL]]
-    predictions = pd.read_parquet(scores / "predictions", columns=["path", "label"])
-    joined = truth.merge(predictions, on="path", how="left")
-    accuracy = float((joined["label"] == joined[LABEL_COL]).mean())
+    truth[col.PATH] = [str(data / "images" / n) for n in truth[FN_COL]]
+    predictions = pd.read_parquet(scores / "predictions", columns=[col.PATH, col.LABEL])
+    joined = truth.merge(predictions, on=col.PATH, how="left")
+    accuracy = float((joined[col.LABEL] == joined[LABEL_COL]).mean())
     report = out / "report"
     logger.info(f"[4/4] evaluation report on the held-out labels -> {report}")
     evaluate(model, LabeledFiles(data / "test_labels.csv", data / "images"), report)

@@ -23,6 +23,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from vehicle_ray import columns as col
+
 
 @dataclass(frozen=True)
 class TTASettings:
@@ -34,11 +36,11 @@ class TTASettings:
 
     def as_columns(self) -> dict[str, object]:
         return {
-            "tta_n": self.n,
-            "tta_beta": self.beta,
-            "tta_max": self.use_max,
-            "tta_aug_precision": self.aug_precision,
-            "tta_plain_precision": self.plain_precision,
+            col.TTA_N: self.n,
+            col.TTA_BETA: self.beta,
+            col.TTA_MAX: self.use_max,
+            col.TTA_AUG_PRECISION: self.aug_precision,
+            col.TTA_PLAIN_PRECISION: self.plain_precision,
         }
 
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.score.test_store import commit, done, paths_in, rows
+from vehicle_ray import durable
 from vehicle_ray.errors import LeaseLost
-from vehicle_ray.score import durable
 from vehicle_ray.score.lease import LEASE_FILE, Lease, LocalLeaseBackend
 from vehicle_ray.score.store import FENCES, PREDICTIONS, QUARANTINE, OutputStore
 

@@ -26,13 +26,13 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from vehicle_ray import columns as col
 from vehicle_ray.adaptive_tta import AdaptiveGate
 from vehicle_ray.calibration import apply_temperature, ece, nll, reliability_table
 from vehicle_ray.data import FN, LABEL, LabeledFiles, LabeledSet
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
 from vehicle_ray.report.plots import confusion_matrix_plot, decision_curves_plot, reliability_plot, top_losses_plot
-from vehicle_ray.score import columns as col
 from vehicle_ray.score.driver import ScoreSummary, score
 from vehicle_ray.score.model import ModelSpec, resolve_model
 from vehicle_ray.score.options import ScoreOptions
@@ -140,10 +140,10 @@ def evaluate(
     classes = spec.classes
     probs = np.stack(joined[col.PROBABILITIES].to_numpy()) if len(joined) else np.zeros((0, len(classes)))
     plain = np.stack(joined[col.PLAIN_PROBABILITIES].to_numpy()) if len(joined) else probs
-    actual_idx = joined["actual"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
-    joined["p_actual"] = probs[np.arange(len(joined)), actual_idx] if len(joined) else []
-    joined["loss"] = -np.log(np.clip(joined["p_actual"].to_numpy(dtype=float), 1e-12, 1.0))
-    metrics = classification_metrics(joined["actual"].tolist(), joined[col.LABEL].tolist(), classes)
+    actual_idx = joined[col.ACTUAL].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=int)
+    joined[col.P_ACTUAL] = probs[np.arange(len(joined)), actual_idx] if len(joined) else []
+    joined[col.LOSS] = -np.log(np.clip(joined[col.P_ACTUAL].to_numpy(dtype=float), 1e-12, 1.0))
+    metrics = classification_metrics(joined[col.ACTUAL].tolist(), joined[col.LABEL].tolist(), classes)
     metrics["accuracy_no_tta"] = float((plain.argmax(1) == actual_idx).mean()) if len(joined) else float("nan")
     metrics.update(tta=summary.tta, unscored=summary.errors, model_id=spec.model_id)
     metrics["calibration"] = _calibration_section(probs, actual_idx, summary, out)
@@ -193,7 +193,7 @@ def _score_labeled(
         ),
     )
     truth = data.items.assign(**{col.PATH: [data.root.full_name(f) for f in data.items[FN]]}).rename(
-        columns={LABEL: "actual"}
+        columns={LABEL: col.ACTUAL}
     )
     predictions = pd.read_parquet(scoring / "predictions").drop(columns=[col.RUN], errors="ignore")
     shutil.rmtree(scoring)
@@ -227,7 +227,7 @@ def _write_outputs(
     joined.drop(columns=[col.PLAIN_PROBABILITIES]).to_parquet(out / "predictions.parquet", index=False)
     matrix = np.asarray(metrics["confusion_matrix"]["rows_actual_columns_predicted"])
     confusion_matrix_plot(matrix, classes, out / "confusion_matrix.png")
-    wrong = joined[joined[col.LABEL] != joined["actual"]].nlargest(TOP_LOSSES, "loss")
+    wrong = joined[joined[col.LABEL] != joined[col.ACTUAL]].nlargest(TOP_LOSSES, col.LOSS)
     top_losses_plot(wrong, thumbnail, out / "top_losses.png")
     _write_report(out, metrics, metrics["unscored"])
 

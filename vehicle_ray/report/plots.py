@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from vehicle_ray import columns as col
 from vehicle_ray.plotting import pyplot
 
 
@@ -40,9 +41,9 @@ def confusion_matrix_plot(matrix: np.ndarray, classes: Sequence[str], path: Path
 
 def top_losses_plot(rows: pd.DataFrame, load_image, path: Path, columns: int = 3) -> None:
     """A grid like fastai's plot_top_losses: image, then predicted/actual/loss/probability of actual."""
-    titles = [f"{r['label']}/{r['actual']} / {r['loss']:.2f} / {r['p_actual']:.2f}" for _, r in rows.iterrows()]
+    titles = [f"{r[col.LABEL]}/{r[col.ACTUAL]} / {r[col.LOSS]:.2f} / {r[col.P_ACTUAL]:.2f}" for _, r in rows.iterrows()]
     image_grid(
-        rows["path"].tolist(),
+        rows[col.PATH].tolist(),
         titles,
         load_image,
         "prediction/actual/loss/probability of actual",

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from vehicle_ray import columns as col
 from vehicle_ray.data import FN, LabeledFiles, open_root
 from vehicle_ray.errors import InputError, PromotionRefused
 from vehicle_ray.report.evaluate import evaluate
@@ -34,6 +35,7 @@ from vehicle_ray.train.artifact_writer import publish
 HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "ece": False}
 GATE_METRICS = tuple(HIGHER_IS_BETTER)
 SHOWN_DISAGREEMENTS = 12
+CANDIDATE, CHAMPION = "_candidate", "_champion"  # disagreement_rows' suffixes on each model's columns
 PROMOTE_EXPERIMENT = "vehicle-ray-promote"
 
 
@@ -148,12 +150,12 @@ def gate_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
 def disagreement_rows(out: Path) -> pd.DataFrame:
     """Holdout images the two models label differently: fn, actual, and each model's label and confidence;
     the candidate's mistakes (what promoting it would break) first."""
-    keep = [FN, "actual", "label", "confidence"]
+    keep = [FN, col.ACTUAL, col.LABEL, col.CONFIDENCE]
     cand = pd.read_parquet(out / "candidate" / "predictions.parquet", columns=keep)
     champ = pd.read_parquet(out / "champion" / "predictions.parquet", columns=keep)
-    both = cand.merge(champ.drop(columns="actual"), on=FN, suffixes=("_candidate", "_champion"))
-    differ = both[both["label_candidate"] != both["label_champion"]]
-    order = (differ["label_candidate"] == differ["actual"]).astype(int)
+    both = cand.merge(champ.drop(columns=col.ACTUAL), on=FN, suffixes=(CANDIDATE, CHAMPION))
+    differ = both[both[col.LABEL + CANDIDATE] != both[col.LABEL + CHAMPION]]
+    order = (differ[col.LABEL + CANDIDATE] == differ[col.ACTUAL]).astype(int)
     return differ.assign(_order=order).sort_values(["_order", FN]).drop(columns="_order").reset_index(drop=True)
 
 
@@ -161,15 +163,15 @@ def _disagreements_plot(rows: pd.DataFrame, images: str | Path, path: Path) -> N
     root = open_root(images)
     shown = rows.head(SHOWN_DISAGREEMENTS)
     titles = [
-        f"new {r.label_candidate} ({r.confidence_candidate:.2f}) / old {r.label_champion} "
-        f"({r.confidence_champion:.2f})\nactual {r.actual}"
-        for r in shown.itertuples()
+        f"new {r[col.LABEL + CANDIDATE]} ({r[col.CONFIDENCE + CANDIDATE]:.2f}) / old {r[col.LABEL + CHAMPION]} "
+        f"({r[col.CONFIDENCE + CHAMPION]:.2f})\nactual {r[col.ACTUAL]}"
+        for _, r in shown.iterrows()
     ]
 
     def load(name: str) -> Image.Image:
         return Image.open(BytesIO(read_file(root, name))).convert("RGB")
 
-    wrong = int((rows["label_candidate"] != rows["actual"]).sum())
+    wrong = int((rows[col.LABEL + CANDIDATE] != rows[col.ACTUAL]).sum())
     suptitle = f"candidate (new) vs champion (old): {len(rows)} disagreements, the candidate wrong in {wrong}" + (
         f", first {SHOWN_DISAGREEMENTS} shown" if len(rows) > SHOWN_DISAGREEMENTS else ""
     )

@@ -29,10 +29,11 @@ import pandas as pd
 import pyarrow.dataset as pads
 from PIL import Image
 
-from vehicle_ray.data import FN, ImageRoot, LabeledFiles, is_uri, open_root, read_csv, resolve_column
+from vehicle_ray import columns as col
+from vehicle_ray.data import FN, ImageRoot, LabeledFiles, open_root, read_csv, resolve_column
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri
 from vehicle_ray.report.evaluate import evaluate
-from vehicle_ray.score import columns as col
 from vehicle_ray.score.decode import DecodeError, read_file
 from vehicle_ray.score.options import ScoreOptions
 from vehicle_ray.score.store import PREDICTIONS, OutputStore
@@ -172,7 +173,7 @@ def review_training(
     evaluate(model, labeled, out / "evaluation", opts, allow_pickle=allow_pickle)
     scored = pd.read_parquet(out / "evaluation" / "predictions.parquet")
     classes = json.loads((out / "evaluation" / "metrics.json").read_text())["confusion_matrix"]["classes"]
-    worst = scored.sort_values(["loss", FN], ascending=[False, True], kind="stable").head(top)
+    worst = scored.sort_values([col.LOSS, FN], ascending=[False, True], kind="stable").head(top)
     items = [
         ReviewItem(
             name=r[FN],
@@ -181,8 +182,8 @@ def review_training(
             confidence=float(r[col.CONFIDENCE]),
             top=top_probabilities(r[col.PROBABILITIES], classes),
             decision=r.get(col.DECISION),
-            given=r["actual"],
-            loss=round(float(r["loss"]), 4),
+            given=r[col.ACTUAL],
+            loss=round(float(r[col.LOSS]), 4),
         )
         for _, r in worst.iterrows()
     ]

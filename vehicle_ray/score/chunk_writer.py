@@ -21,7 +21,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from vehicle_ray.score import columns as col
+from vehicle_ray import columns as col
 from vehicle_ray.score.lease import Lease
 from vehicle_ray.score.pause import BEFORE_COMMIT, pause_point
 from vehicle_ray.score.progress import Timeline

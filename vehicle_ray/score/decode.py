@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vehicle_ray import columns as col
 from vehicle_ray.data import ImageRoot
 from vehicle_ray.score.options import DEFAULT_MAX_PIXELS
 
@@ -230,11 +231,11 @@ def decode_batch(
     """Ray Data map_batches UDF: {path, rel} → {path, image, error}. Error rows carry a zero image and
     a reason; OK rows an empty string (a column of all-None would not survive Arrow as strings).
     Transient read failures are retried within one RetryBudget per batch (read_file)."""
-    n = len(batch["path"])
+    n = len(batch[col.PATH])
     images = np.zeros((n, size, size, 3), dtype=np.uint8)
     errors = [""] * n
     budget = RetryBudget()
-    for i, rel in enumerate(batch["rel"]):
+    for i, rel in enumerate(batch[col.REL]):
         try:
             data = read_file(root, str(rel), budget)
             images[i] = decode_image(data, size, resize_method, max_pixels, exact)
@@ -244,4 +245,4 @@ def decode_batch(
             errors[i] = "file not found"
         except OSError as exc:
             errors[i] = f"cannot read file: {exc}"
-    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}
+    return {col.PATH: batch[col.PATH], col.IMAGE: images, col.ERROR: np.array(errors, dtype=object)}

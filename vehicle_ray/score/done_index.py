@@ -47,7 +47,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from vehicle_ray.score import durable
+from vehicle_ray import columns as col
+from vehicle_ray import durable
 
 INDEX_DIR = "_index"
 SUFFIX = ".idx"
@@ -110,20 +111,24 @@ def _write_stream(fs: pafs.FileSystem, path: str, keys: Sequence[str], parts: It
     next, and after a power cut a merged file must not be empty or short."""
     fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = _tmp_sibling(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with durable.atomic_writer(path, tmp) as out:
+            _write_body(out, keys, parts)
+        return
     try:
         with fs.open_output_stream(tmp) as out:
-            out.write(_header(keys))
-            for part in parts:
-                for start in range(0, len(part), _SLICE):
-                    out.write(np.ascontiguousarray(part[start : start + _SLICE], dtype=_DTYPE).tobytes())
-        if isinstance(fs, pafs.LocalFileSystem):
-            durable.sync_file(tmp)
-            durable.replace(tmp, path)
-        else:
-            fs.move(tmp, path)
+            _write_body(out, keys, parts)
+        fs.move(tmp, path)
     except BaseException:
         _delete_quietly(fs, tmp)
         raise
+
+
+def _write_body(out, keys: Sequence[str], parts: Iterable[np.ndarray]) -> None:
+    out.write(_header(keys))
+    for part in parts:
+        for start in range(0, len(part), _SLICE):
+            out.write(np.ascontiguousarray(part[start : start + _SLICE], dtype=_DTYPE).tobytes())
 
 
 def write_index_file(fs: pafs.FileSystem, path: str, hashes: np.ndarray, keys: Sequence[str]) -> None:
@@ -139,7 +144,7 @@ def build_from_parquet(
     parquet_files: Sequence[str],
     out_path: str,
     keys: Sequence[str],
-    column: str = "path",
+    column: str = col.PATH,
     batch_size: int = 65_536,
 ) -> int:
     """Index the `column` of committed Parquet files (the migration of an OUT without an index, or

@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
+from vehicle_ray import columns as col
 from vehicle_ray.artifact import open_artifact
 from vehicle_ray.cluster import init_ray, require_shared_path
 from vehicle_ray.data import ImageRoot
 from vehicle_ray.errors import DriftAlert, InputError, ResourcesUnavailable
 from vehicle_ray.monitoring import RunMonitor, drift_of
-from vehicle_ray.score import columns as col
 from vehicle_ray.score.chunk_writer import ChunkWriter
 from vehicle_ray.score.decode import decode_batch
 from vehicle_ray.score.done_index import path_hashes

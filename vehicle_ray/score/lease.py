@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
 
+from vehicle_ray import durable
 from vehicle_ray.errors import InputError, LeaseLost, TryLater
-from vehicle_ray.score import durable
 
 LEASE_FILE = "_lease.json"
 DEFAULT_TTL_S = 120.0  # a heartbeat every TTL/4: a live holder is never more than ~30 s behind
@@ -125,6 +125,21 @@ def _decode(data: bytes) -> LeaseRecord:
 _THREAD_LOCKS: dict[Path, threading.Lock] = {}  # POSIX record locks do not exclude threads of one process
 
 
+def _link_new(target: Path, data: bytes, tmp: str | Path) -> bool:
+    """Create `target` once with `data`: written and synced under `tmp` (durable.write_file), then
+    linked into place (atomic, fails if it exists; unlike atomic_write's rename, which replaces) and
+    its directory synced. False, and nothing written, when `target` exists."""
+    durable.write_file(tmp, data)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    durable.sync_dir(target.parent)
+    return True
+
+
 class LocalLeaseBackend:
     def __init__(self, path: Path):
         self.path, self.mutex = path, path.with_suffix(".lock")
@@ -141,22 +156,14 @@ class LocalLeaseBackend:
             return None
         return record, self._version(record)
 
-    def _write_temp(self, record: LeaseRecord) -> Path:
-        tmp = self.path.with_suffix(f".{record.token}.tmp")
-        durable.write_file(tmp, record.encode())
-        return tmp
+    def _temp(self, record: LeaseRecord) -> Path:
+        return self.path.with_suffix(f".{record.token}.tmp")
 
     def create(self, record: LeaseRecord) -> str | None:
         """Written completely (and synced) under a temp name, then linked into place (atomic, fails
         if it exists): a reader never sees an empty or half-written lease, not after a power cut either."""
-        tmp = self._write_temp(record)
-        try:
-            os.link(tmp, self.path)
-        except FileExistsError:
+        if not _link_new(self.path, record.encode(), self._temp(record)):
             return None
-        finally:
-            tmp.unlink()
-        durable.sync_dir(self.path.parent)
         return self._version(record)
 
     def swap(self, record: LeaseRecord, expected_version: str) -> str | None:
@@ -164,7 +171,7 @@ class LocalLeaseBackend:
             current = self.read()
             if current is None or current[1] != expected_version:
                 return None
-            durable.replace(self._write_temp(record), self.path)
+            durable.atomic_write(self.path, record.encode(), tmp=self._temp(record))
             return self._version(record)
 
     def delete(self, expected_version: str) -> bool:
@@ -180,16 +187,7 @@ class LocalLeaseBackend:
         """Create OUT/`name` once (a fence): False when it exists. Synced, then linked into place."""
         target = self.path.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        durable.write_file(tmp, data)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink()
-        durable.sync_dir(target.parent)
-        return True
+        return _link_new(target, data, durable.temp_sibling(target))
 
     def read_beside(self, name: str) -> bytes | None:
         try:

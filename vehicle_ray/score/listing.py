@@ -37,8 +37,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vehicle_ray.data import ImageRoot, check_file_names, is_uri, open_root, read_csv, resolve_column
+from vehicle_ray import columns as col
+from vehicle_ray.data import ImageRoot, check_file_names, open_root, read_csv, resolve_column
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri
 from vehicle_ray.score.decode import IMAGE_EXTENSIONS
 from vehicle_ray.score.done_index import DoneIndex, path_hashes, sorted_unique
 from vehicle_ray.score.options import ScoreOptions
@@ -169,7 +171,7 @@ def write_manifest(
         listed += len(paths)
         if keep.any():
             table = pa.table(
-                {"path": np.asarray(paths, dtype=object)[keep], "rel": np.asarray(rel, dtype=object)[keep]}
+                {col.PATH: np.asarray(paths, dtype=object)[keep], col.REL: np.asarray(rel, dtype=object)[keep]}
             )
             pq.write_table(table, posixpath.join(manifest, f"part-{i:05d}.parquet"), filesystem=store.fs)
             new += int(keep.sum())
@@ -251,8 +253,8 @@ def list_pending(
     for i in range(0, len(paths), MANIFEST_CHUNK):
         table = pa.table(
             {
-                "path": pa.array(paths[i : i + MANIFEST_CHUNK], pa.string()),
-                "rel": pa.array(rel[i : i + MANIFEST_CHUNK], pa.string()),
+                col.PATH: pa.array(paths[i : i + MANIFEST_CHUNK], pa.string()),
+                col.REL: pa.array(rel[i : i + MANIFEST_CHUNK], pa.string()),
             }
         )
         pq.write_table(

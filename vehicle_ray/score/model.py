@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from vehicle_ray.artifact import EXPORT_PKL, MODEL_JSON, ONNX, ONNX_INT8, WEIGHTS, open_artifact, sha256_file
-from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri, resolve_location
 from vehicle_ray.tracking import (
     RegisteredModel,
     fetch_registered,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from vehicle_ray import columns as col
 from vehicle_ray.errors import InputError
 from vehicle_ray.score.model import ModelSpec, require_backend_device
 from vehicle_ray.score.options import ScoreOptions
@@ -155,7 +156,7 @@ def recorded_tta(tta: TTASettings, ran: dict[str, set[str]]) -> TTASettings:
     """The settings for summary.json: the precisions the actors recorded in their rows (columns
     tta_plain_precision / tta_aug_precision), joined with "+" when actors on different GPUs differed;
     the plan's when no row came back."""
-    plain, aug = ran.get("tta_plain_precision"), ran.get("tta_aug_precision")
+    plain, aug = ran.get(col.TTA_PLAIN_PRECISION), ran.get(col.TTA_AUG_PRECISION)
     if not plain or not aug:
         return tta
     return replace(tta, plain_precision="+".join(sorted(plain)), aug_precision="+".join(sorted(aug)))

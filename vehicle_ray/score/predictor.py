@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from vehicle_ray import columns as col
 from vehicle_ray.adaptive_tta import served_probabilities
 from vehicle_ray.artifact import WEIGHTS, Artifact, open_artifact
 from vehicle_ray.decision import decide
 from vehicle_ray.device import fastai_on_cpu, gpu_precision
 from vehicle_ray.network import artifact_batch_transforms, load_torch_model
-from vehicle_ray.score import columns as col
 from vehicle_ray.score.augment import AugmentSpec, FusedAugment
 from vehicle_ray.score.model import ModelSpec, local_model, pass_files, pickle_learner
 from vehicle_ray.score.planning import ran_precisions
@@ -170,7 +170,7 @@ class Predictor:
         plain = probs.copy()
         augmented = np.zeros(n, dtype=bool)
         if ok.any():
-            probs[ok], plain[ok], augmented[ok] = self.passes(np.ascontiguousarray(batch["image"][ok]))
+            probs[ok], plain[ok], augmented[ok] = self.passes(np.ascontiguousarray(batch[col.IMAGE][ok]))
             probs[ok] = served_probabilities(
                 probs[ok], ~augmented[ok], self.serving.plain_temperature, self.serving.tta_temperature
             )

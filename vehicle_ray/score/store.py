@@ -35,7 +35,7 @@ a taker's fence listing and its fence write passes its writer's fence check, so 
 chunk's files into place; the chunk never counts (committed_files, the done-index and recovery ignore
 it) and the next recovery deletes the files, but a plain directory reader can see them until then.
 
-Durability on a local or NFS output (durable.py): staged files and their directory are fsynced before
+Durability on a local or NFS output (vehicle_ray/durable.py): staged files and their directory are fsynced before
 the record; the record is written to a temp file, fsynced, renamed and its directory fsynced; every
 move the protocol relies on syncs both directories. A power cut can then lose only work that was
 not committed yet.
@@ -71,10 +71,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vehicle_ray.data import resolve_location
+from vehicle_ray import columns as col
+from vehicle_ray import durable
 from vehicle_ray.errors import InputError, LeaseLost
-from vehicle_ray.score import columns as col
-from vehicle_ray.score import durable
+from vehicle_ray.location import Location, resolve_location
 from vehicle_ray.score.decode import TRANSIENT, error_kind
 from vehicle_ray.score.done_index import (
     INDEX_DIR,
@@ -143,10 +143,9 @@ class ChunkCommit:
 
 
 @dataclass(frozen=True)
-class OutputStore:
-    uri: str
-    fs: pafs.FileSystem
-    base: str
+class OutputStore(Location):
+    """The scoring output directory (uri, fs, base and `path(*parts)` from Location) and its commit protocol."""
+
     # --retry-errors: rescored path -> the error file (relative to OUT) holding its old row; each
     # chunk replaces those files without the rows it holds anew (stage_chunk). Set by `retrying`.
     retried: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -172,13 +171,6 @@ class OutputStore:
         if info.type != pafs.FileType.Directory:
             raise InputError(f"no scoring output at {output}")
         return cls(uri=str(output), fs=fs, base=base)
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
-
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.base, *parts)
 
     def _children(self, *parts: str) -> list[pafs.FileInfo]:
         return self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
@@ -406,9 +398,7 @@ class OutputStore:
         data = (json.dumps(payload, indent=2) + "\n").encode()
         target = self.path(relative)
         if self.is_local:
-            tmp = target + ".tmp"
-            durable.write_file(tmp, data)
-            durable.replace(tmp, target)
+            durable.atomic_write(target, data, tmp=target + ".tmp")
         else:
             with self.fs.open_output_stream(target) as f:
                 f.write(data)

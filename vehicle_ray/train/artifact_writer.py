@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
+from vehicle_ray import durable
 from vehicle_ray.adaptive_tta import (
     AdaptiveGate,
     adaptive_probabilities,
@@ -44,9 +45,9 @@ from vehicle_ray.artifact import (
     sha256_file,
 )
 from vehicle_ray.calibration import apply_temperature, calibration_record
-from vehicle_ray.data import is_uri, resolve_location
 from vehicle_ray.decision import OperatingTarget, pick_operating_point
 from vehicle_ray.errors import InputError
+from vehicle_ray.location import is_uri, resolve_location
 from vehicle_ray.monitoring import baseline, confidence_histogram
 from vehicle_ray.plotting import training_curves
 from vehicle_ray.recipe import HISTORY_FIELDS, Recipe
@@ -308,11 +309,11 @@ def record_operating_point(model: str | Path, point: dict[str, Any]) -> None:
     with fs.open_input_stream(path) as f:
         meta = json.loads(f.read().decode())
     data = (json.dumps({**meta, "operating_point": point}, indent=2) + "\n").encode()
-    target = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
-    with fs.open_output_stream(target) as f:
-        f.write(data)
-    if target != path:
-        fs.move(target, path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        durable.atomic_write(path, data, tmp=path + ".tmp")
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
 
 
 def require_free_output(out: str | Path, overwrite: bool) -> None:

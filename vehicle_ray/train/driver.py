@@ -30,9 +30,10 @@ from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingC
 
 from vehicle_ray.artifact import open_artifact, sha256_file
 from vehicle_ray.cluster import cpus_per_gpu, init_ray, largest_node_cpus, node_resources, require_shared_path
-from vehicle_ray.data import LABEL, LabeledSet, check_split, is_uri, read_labeled_csv, split_indices
+from vehicle_ray.data import LABEL, LabeledSet, check_split, read_labeled_csv, split_indices
 from vehicle_ray.decision import OperatingTarget
 from vehicle_ray.errors import InputError, ResourcesUnavailable
+from vehicle_ray.location import is_uri
 from vehicle_ray.recipe import Recipe, per_worker_batch
 from vehicle_ray.tracking import TrackingOptions
 from vehicle_ray.train.artifact_writer import publish, require_free_output

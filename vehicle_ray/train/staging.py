@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from vehicle_ray import durable
 from vehicle_ray.data import FN, ImageRoot, LabeledSet, open_root
 from vehicle_ray.errors import InputError
 
@@ -90,14 +91,12 @@ def _fresh(path: Path, info: pafs.FileInfo) -> bool:
 
 
 def _copy(root: ImageRoot, name: str, path: Path, info: pafs.FileInfo) -> None:
-    """Download one object to a temporary name beside `path`, stamp the object's mtime, rename."""
+    """Download one object to a temporary name beside `path`, stamp the object's mtime, rename. Not
+    synced: a copy cut short by a crash fails `_fresh` (size, mtime) and is downloaded again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with root.fs.open_input_stream(root.path(name)) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+    with root.fs.open_input_stream(root.path(name)) as src, durable.atomic_writer(path, tmp, sync=False) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
         if info.mtime_ns is not None:
-            os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            dst.flush()  # the stamp must come after the last write
+            os.utime(dst.fileno(), ns=(info.mtime_ns, info.mtime_ns))

@@ -26,7 +26,8 @@ from ray.train import UserCallback
 
 from vehicle_ray import __version__
 from vehicle_ray.artifact import CURVES_PNG, METRICS_CSV, sha256_file
-from vehicle_ray.data import LabeledSet, is_uri
+from vehicle_ray.data import LabeledSet
+from vehicle_ray.location import is_uri
 from vehicle_ray.log import use_cli_logging
 from vehicle_ray.recipe import Recipe
 from vehicle_ray.tracking import (
