@@ -1,6 +1,7 @@
 """The fastai ↔ Ray Train glue, exercised without a Ray cluster: sharding and per-epoch reporting."""
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,11 @@ import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
 from fasttransform import Pipeline
+from torch.nn.parallel import DistributedDataParallel
 
 from tests.train.tiny import tiny_split
 from vehicle_ray.train.callback import DataParallel, InjectedFailure, RayTrainReport
@@ -158,6 +163,32 @@ def test_callbacks_report_every_epoch_checkpoint_on_schedule_and_skip_resumed_ep
     fresh.create_opt()
     restored = read_checkpoint(tmp_path / "3", fresh, dls.device)
     assert (restored.stage, restored.epoch, len(restored.history)) == (0, 3, 2)
+
+
+def test_data_parallel_fits_to_the_weights_of_a_plain_fit(tiny, tmp_path):
+    """DDP over a 1-rank gloo group averages nothing, so a fit through DataParallel (gradients as views
+    into DDP's all-reduce buckets, fastai's zero_grad kept off `detach_()`, which PyTorch refuses on such
+    views) ends at the weights of the same fit without it, and leaves the plain model and optimizer."""
+    dls, recipe = tiny
+    ordered = DataLoaders(dls.train.new(shuffle=False), dls.valid)
+
+    def fit(cbs: list) -> Learner:
+        random.seed(0)
+        torch.manual_seed(0)
+        learn = build_learner(ordered, recipe)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit_one_cycle(2, 1e-3, cbs=cbs)
+        return learn
+
+    plain = fit([])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = fit([DataParallel(stage=0, world_size=2, device=dls.device)])
+    finally:
+        dist.destroy_process_group()
+    assert not isinstance(wrapped.model, DistributedDataParallel) and "zero_grad" not in vars(wrapped.opt)
+    for (name, a), b in zip(plain.model.state_dict().items(), wrapped.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_the_injected_failure_happens_once_per_run(tmp_path, monkeypatch):
