@@ -138,6 +138,13 @@ _RECIPE_OPTIONS = [
         help="Global batch size: N workers take bs/N each, so any worker count trains as one process "
         "(docs/scaling.md).",
     ),
+    click.option(
+        "--sync-bn/--no-sync-bn",
+        "sync_bn",
+        default=None,
+        help="BatchNorm statistics over the global batch on every worker, as one process takes them "
+        "[recipe default: on]; off: over each worker's bs/N images (DDP's default, no extra all-reduce).",
+    ),
     click.option("--lr", metavar="LR|auto", help="Peak learning rate of every stage, or 'auto' (lr_find's valley)."),
     click.option(
         "--epochs", type=int, metavar="N", help="One one-cycle stage of N epochs (replaces the recipe's stages)."
@@ -286,6 +293,7 @@ TRAIN_TOPICS = {
         "size",
         "bs",
         "bs_per_worker",
+        "sync_bn",
         "lr",
         "epochs",
         "freeze_epochs",

@@ -53,6 +53,7 @@ class Recipe:
     size: int = 299
     resize_method: str = "squish"
     bs: int = 64  # the global batch: each of N workers takes bs/N (per_worker_batch), as one process would take bs
+    sync_bn: bool = True  # BatchNorm statistics over the global batch on every worker (train/batchnorm.py)
     valid_pct: float = 0.2
     seed: int = 42
     do_flip: bool = True
@@ -163,10 +164,12 @@ def global_batch(bs: int | None, bs_per_worker: int | None, workers: int) -> int
 def scaling_record(recipe: Recipe, workers: int) -> dict[str, Any]:
     """How a run of `recipe` on `workers` ranks batched and which peak rates its stages used (model.json's
     `training`): the learning rates are the recipe's as written at every worker count, because the
-    global batch is."""
+    global batch is; `batchnorm_batch`, how many images each BatchNorm statistic was taken over."""
+    per_worker = per_worker_batch(recipe.bs, workers)
     return {
         "global_batch": recipe.bs,
-        "per_worker_batch": per_worker_batch(recipe.bs, workers),
+        "per_worker_batch": per_worker,
+        "batchnorm_batch": recipe.bs if recipe.sync_bn else per_worker,
         "stage_lrs": [s.rates() for s in recipe.effective_stages()],
     }
 

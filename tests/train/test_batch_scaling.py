@@ -1,6 +1,8 @@
 """The recipe's `bs` is the global batch: N workers take bs/N each and so take the optimizer steps one
 process takes at bs; `--bs-per-worker` is DDP's convention; an uneven split is a one-line usage error."""
 
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
@@ -44,8 +46,10 @@ def test_model_json_record_has_both_batches_and_the_unscaled_rates():
     assert scaling_record(recipe, 4) == {
         "global_batch": 64,
         "per_worker_batch": 16,
+        "batchnorm_batch": 64,  # statistics over the global batch (sync_bn, the default)
         "stage_lrs": [{"lr": 2e-3, "lr_min": 2e-4}],  # the frozen stage does not run from scratch
     }
+    assert scaling_record(dataclasses.replace(recipe, sync_bn=False), 4)["batchnorm_batch"] == 16
 
 
 @pytest.mark.parametrize("workers", [2, 4])

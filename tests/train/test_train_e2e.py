@@ -197,6 +197,7 @@ def test_staged_recipe_on_two_workers_resumes_in_stage_two_then_rerun_resumes_to
         "workers": 2,
         "global_batch": 16,
         "per_worker_batch": 8,
+        "batchnorm_batch": 16,
         "stage_lrs": [{"lr": 0.002}, {"lr": 0.001}, {"lr": 0.0001, "lr_min": 0.00001}],
     }
     n, accuracy, valid_loss = single_process_validation(tmp_path / "m", data, load_recipe(tmp_path / "staged.toml"))

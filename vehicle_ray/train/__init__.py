@@ -1,7 +1,7 @@
 """Training pipeline: driver.py (validate, launch, publish; dry_run.py prints the plan instead) →
 launch.py (what the Ray Train controller unpickles: the worker entry point and the epoch printer) →
 loop.py (per-worker fastai loop) with callback.py (the fastai ↔ Ray Train callbacks) and what they
-use: sharding.py (each rank's rows), collectives.py (gathers, broadcasts, metric merging) and
+use: sharding.py (each rank's rows), batchnorm.py (statistics over the global batch), collectives.py (gathers, broadcasts, metric merging) and
 checkpoint_state.py (the run's position and checkpoint files); learner.py (DataLoaders +
 vision_learner), hardware.py (how a worker uses its device), staging.py (object-storage images copied
 to each node), validation.py (the end-of-run validation pass through TTA) and artifact_writer.py (the

@@ -5,7 +5,8 @@ fastai's own `distrib_ctx` cannot be used here: it needs `accelerate` and CUDA f
 Ray Train has already created the process group, so all we add is:
 
 * DDP around the model for the duration of each fit (wrapped in before_fit, unwrapped in after_fit so
-  freeze/unfreeze, export and checkpoints see the plain model);
+  freeze/unfreeze, export and checkpoints see the plain model), with BatchNorm statistics taken over the
+  global batch (batchnorm.py) unless the recipe says sync_bn = false;
 * a sharded training DataLoader: every rank draws the same permutation from (seed, stage, epoch) and
   takes a disjoint stride of it, padded so that all ranks run the same number of batches (DDP hangs
   otherwise) — no broadcast needed;
@@ -38,6 +39,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from torch.nn.parallel import DistributedDataParallel
 
+from vehicle_ray.train.batchnorm import per_rank_batchnorm, synced_batchnorm
 from vehicle_ray.train.checkpoint_state import Position, checkpoint_due, unwrapped, write_checkpoint
 from vehicle_ray.train.collectives import (
     broadcast_buffers,
@@ -56,15 +58,19 @@ class DataParallel(Callback):
 
     Wraps in before_fit and unwraps in after_fit, so freeze/unfreeze between stages, export and
     checkpoints see the plain model, and DDP is rebuilt per fit with the parameters that now train.
+    With `sync_bn` the BatchNorm layers take their statistics over the global batch for the fit
+    (batchnorm.synced_batchnorm), so N ranks at bs/N compute what one process at bs would.
     """
 
     order = 5  # before the training loop touches the model; independent of the reporting callbacks
 
-    def __init__(self, stage: int, world_size: int, device: torch.device):
-        self.stage, self.world_size, self.device = stage, world_size, device
+    def __init__(self, stage: int, world_size: int, device: torch.device, sync_bn: bool = True):
+        self.stage, self.world_size, self.device, self.sync_bn = stage, world_size, device, sync_bn
 
     def before_fit(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
+            if self.sync_bn:
+                synced_batchnorm(self.learn.model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Gradients as views into DDP's all-reduce buckets: no copy of every gradient into the buckets
             # and back at each step. The all-reduce is most of what a data-parallel step costs over one
@@ -76,6 +82,7 @@ class DataParallel(Callback):
 
     def after_fit(self) -> None:
         self.learn.model = unwrapped(self.learn.model)
+        per_rank_batchnorm(self.learn.model)  # torch's classes in checkpoints and export.pkl
         self.learn.opt.__dict__.pop("zero_grad", None)  # fastai's own again, for the plain model
 
     def before_epoch(self) -> None:

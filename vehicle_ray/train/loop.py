@@ -98,7 +98,7 @@ def train_worker(cfg: WorkerConfig, weights_ref: ray.ObjectRef | None) -> None:
             learn.freeze() if stage.frozen else learn.unfreeze()
             # Ray Train integration: RayTrainReport calls ray.train.report (_report) every epoch
             cbs = [
-                DataParallel(i, world_size, device),
+                DataParallel(i, world_size, device, recipe.sync_bn),
                 ShardedValidation(world_size),
                 RayTrainReport(rank, i, start, position, _report, cfg.checkpoint_every, cfg.optimizer_state),
             ]
