@@ -2,8 +2,9 @@
 Train CPU workers (gloo), same recipe, same seeds, on a real image set (digits_task.py).
 
 The recipe's `bs` is the global batch, so every side trains with the same batch and the same number of
-optimizer steps; what may differ is the order of the data (each rank draws its own shard) and
-BatchNorm statistics over bs/N images instead of bs. Prints the holdout accuracy per seed and side, the
+optimizer steps, and BatchNorm takes its statistics over that global batch on every worker (with
+--no-sync-bn over each worker's bs/N images, DDP's default); what differs is the order of the data
+(each rank draws its own shard) and the random draws of the augmentation. Prints the holdout accuracy per seed and side, the
 means, each side's difference from plain fastai's mean, and a Markdown table for BENCHMARKS.md.
 
 Each training's result is kept in OUT_DIR/results/ and not run again, and the table reads them from
@@ -11,11 +12,13 @@ there: on a busy machine, run one process per seed into the same OUT_DIR, then o
 seeds, which only prints the table.
 
     nice -n 10 .venv/bin/python bench/bench_parity.py OUT_DIR [--seeds 1,2,3] [--workers 2,4] [--size 16] [--epochs 5]
+        [--no-sync-bn]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -30,7 +33,7 @@ from vehicle_ray.cluster import init_ray
 
 def run_side(data: Path, out: Path, seed: int, workers: int, args: argparse.Namespace) -> tuple[float, float]:
     """(holdout accuracy, seconds) of one training: plain fastai for workers == 0, else vehicle-ray."""
-    recipe = digits_recipe(seed, args.size, args.epochs, args.lr, args.bs)
+    recipe = dataclasses.replace(digits_recipe(seed, args.size, args.epochs, args.lr, args.bs), sync_bn=args.sync_bn)
     t0 = time.perf_counter()
     if workers == 0:
         learn = plain_fastai(data, recipe)
@@ -53,7 +56,8 @@ def shared_digits(out: Path, size: int) -> Path:
 
 def result(out: Path, data: Path, seed: int, side: str, workers: int, args: argparse.Namespace) -> float:
     """The holdout accuracy of one training, from OUT/results/ or trained now and kept there."""
-    path = out / "results" / f"seed{seed}-w{workers}.json"
+    batchnorm = "" if workers < 2 or args.sync_bn else "-ghostbn"
+    path = out / "results" / f"seed{seed}-w{workers}{batchnorm}.json"
     if not path.exists():
         accuracy, seconds = run_side(data, out, seed, workers, args)
         path.parent.mkdir(exist_ok=True)
@@ -83,6 +87,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--bs", type=int, default=64, help="the global batch, on every side")
+    parser.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="vehicle-ray's BatchNorm statistics over the global batch (the default) or per worker",
+    )
     args = parser.parse_args()
     init_ray(num_cpus=2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +103,11 @@ def main() -> None:
         seed: {side: result(args.out, data, seed, side, n, args) for side, n in zip(sides, counts, strict=True)}
         for seed in map(int, args.seeds.split(","))
     }
-    print(f"\n{args.size} px, {args.epochs} epochs, lr {args.lr:g}, global batch {args.bs}, holdout 400 images:\n")
+    batchnorm = "over the global batch" if args.sync_bn else "per worker"
+    print(
+        f"\n{args.size} px, {args.epochs} epochs, lr {args.lr:g}, global batch {args.bs}, "
+        f"BatchNorm statistics {batchnorm}, holdout 400 images:\n"
+    )
     print(markdown(sides, rows))
 
 

@@ -28,6 +28,7 @@ from fastai.vision.learner import create_vision_model
 from torch.nn.parallel import DistributedDataParallel
 
 from vehicle_ray.network import arch_fn
+from vehicle_ray.train.batchnorm import synced_batchnorm
 
 WARMUP = 3  # steps before timing: allocator, gloo's first buffers, DDP's bucket rebuild
 
@@ -59,6 +60,8 @@ def rank_main(rank: int, world: int, store_file: str, args: argparse.Namespace, 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     model, x, y = model_and_batch(args.arch, args.bs // world, args.size)
+    if args.sync_bn:
+        synced_batchnorm(model)
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=args.bucket_view)
     if args.compress:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--bucket-view", action="store_true", help="DDP(gradient_as_bucket_view=True)")
+    ap.add_argument("--sync-bn", action="store_true", help="BatchNorm over the global batch (vehicle-ray's default)")
     ap.add_argument("--compress", choices=["fp16", "bf16"], help="DDP's gradient compression hook")
     ap.add_argument("--train-images", type=int, default=880, help="for the per-epoch figure")
     args = ap.parse_args()

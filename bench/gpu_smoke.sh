@@ -27,7 +27,8 @@
 # train_nccl as 2 gloo ranks (tests/test_gpu_smoke.py runs it in CI, so a renamed flag or attribute
 # fails there, not on the first GPU day). Only GPU-only facts (capability, utilisation, nvidia-smi's
 # view) are not rehearsed: a step that cannot observe them says SKIP with the reason, here and on a GPU
-# machine alike (e.g. nvidia-smi in a container that lists no processes and no memory).
+# machine alike (e.g. nvidia-smi in a container that lists no processes and no memory); train_cpu and
+# train_util, whose verdicts are such facts, rehearse their training commands with --dry-run.
 # Exit status: 0 when no step failed, 1 otherwise.
 
 set -uo pipefail
@@ -67,12 +68,16 @@ mkdir -p "$WORK/logs"
 if [ "$REHEARSE" = 1 ]; then  # tiny sizes: the whole rehearsal takes about 3 minutes on 2 CPUs
     ARCH=resnet18 SIZE=32 N_TRAIN=32 N_TEST=16 BS=8 UTIL_SIZE=32 UTIL_DATA_SIZE=40 UTIL_TRAIN=16 UTIL_BS=8
     DEVICE=cpu ON_DEVICE=--cpu PROBE_GPUS=0 FORWARD_BATCH=8 FORWARD_SECONDS=1
+    # train_util and train_cpu observe the GPU, which a rehearsal cannot (their verdicts SKIP): their
+    # commands are checked with --dry-run (every check the run makes, no Ray), which saves two trainings
+    GPU_FACT_RUN=--dry-run
 else
     BS=32 UTIL_SIZE=299 UTIL_DATA_SIZE=320 UTIL_TRAIN=1024 UTIL_BS=64
     DEVICE=cuda ON_DEVICE=--gpu PROBE_GPUS=${PROBE_GPUS:-0 1} FORWARD_BATCH=128 FORWARD_SECONDS=5
+    GPU_FACT_RUN=
 fi
 export RAY_DEDUP_LOGS=0 PYTHONUNBUFFERED=1 PY WORK ARCH SIZE REHEARSE SKIPPED ON_DEVICE DEVICE PROBE_GPUS \
-    FORWARD_BATCH FORWARD_SECONDS UTIL_SIZE UTIL_DATA_SIZE UTIL_TRAIN UTIL_BS BS
+    FORWARD_BATCH FORWARD_SECONDS GPU_FACT_RUN UTIL_SIZE UTIL_DATA_SIZE UTIL_TRAIN UTIL_BS BS
 vr() { "$PY" -m vehicle_ray.cli "$@"; }
 gpus() { if [ "$REHEARSE" = 1 ]; then echo 0; else echo "$1"; fi; }  # a GPU share, 0 in a rehearsal
 
@@ -167,14 +172,14 @@ train_util() {  # one unfrozen epoch at 299 px on one GPU: median and p90 utilis
         gpu_sampler "$WORK/util.txt" vr train --csv "$WORK/data_util/train.csv" --images "$WORK/data_util/images" \
             --arch "$ARCH" --size "$UTIL_SIZE" --bs "$UTIL_BS" --pretrained --weights "$WORK/weights.pth" \
             --freeze-epochs 0 --epochs 1 "$ON_DEVICE" --storage-path "$WORK/ray_results" --out "$WORK/model_util" \
-            --overwrite || return 1
+            --overwrite $GPU_FACT_RUN || return 1
     "$PY" bench/gpu_samples.py utilisation "$WORK/util.txt"
 }
 
 train_cpu_stays_off_gpu() {  # a --cpu worker on this GPU node never holds the GPU
     gpu_sampler "$WORK/cpu_train.txt" vr train --csv "$WORK/data/train.csv" --images "$WORK/data/images" \
         --config tiny_cpu --size 32 --bs "$BS" --epochs 1 --cpu --storage-path "$WORK/ray_results" \
-        --out "$WORK/model_cpu" --overwrite || return 1
+        --out "$WORK/model_cpu" --overwrite $GPU_FACT_RUN || return 1
     "$PY" bench/gpu_samples.py stayed-off "$WORK/cpu_train.txt"
 }
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,12 +90,10 @@ def ray_head(tmp_path):
         head.kill()
         pytest.fail(f"ray head did not come up: {head.stdout.read()[-2000:] if head.stdout else ''}")
     yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    # SIGKILL to the head's process group: SIGTERM first drains the node for 30 s, every time
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit(address: str, env: dict, *entrypoint: str) -> str:

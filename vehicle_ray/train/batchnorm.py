@@ -18,8 +18,24 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the ranks, differentiable: the gradient of every rank's copy of the sum
+    is summed back, as torch.distributed.nn.functional.all_reduce does (which torch 2.9 warns is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
 
 
 class _GlobalBatchStats:
@@ -34,7 +50,7 @@ class _GlobalBatchStats:
         shape = [1, x.size(1)] + [1] * (x.dim() - 2)
         xf = x.float()  # the sums in fp32 under mixed precision, as torch's BatchNorm keeps them
         count = xf.new_full((1,), x.numel() / x.size(1))
-        sums = dist_nn.all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         c, n = x.size(1), sums[-1]
         mean = sums[:c] / n
         var = (sums[c : 2 * c] / n - mean * mean).clamp_min(0)
