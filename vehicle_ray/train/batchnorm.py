@@ -23,7 +23,7 @@ from torch import nn
 
 class _AllReduceSum(torch.autograd.Function):
     """The sum of a tensor over the ranks, differentiable: the gradient of every rank's copy of the sum
-    is summed back, as torch.distributed.nn.functional.all_reduce does (which torch 2.9 warns is deprecated)."""
+    is summed back, as torch.distributed.nn.functional.all_reduce does (which torch 2.14 warns is deprecated)."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
