@@ -34,6 +34,25 @@ def test_shards_are_disjoint_cover_everything_and_equal_in_length(n, world):
     assert shards == again  # every rank computes the same permutation on its own
 
 
+@pytest.mark.parametrize("n", [96, 103, 127])
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_step_the_ranks_batches_together_are_one_processs_batch(n, world):
+    """With the global batch split over the ranks (training drops the last partial batch), step k's
+    batches of all ranks hold exactly the images of one process's step k (same seed, stage, epoch), and
+    there are as many steps: N workers train on one process's batches."""
+    bs, per_rank = 16, 16 // world
+
+    def shard(rank: int, world_size: int, batch: int) -> list[int]:
+        return EpochShard(n=n, rank=rank, world_size=world_size, seed=5, epoch=2, full_batches_of=batch)()
+
+    one = shard(0, 1, bs)
+    shards = [shard(r, world, per_rank) for r in range(world)]
+    assert len(one) == n // bs * bs and {len(s) for s in shards} == {n // bs * per_rank}
+    for step in range(n // bs):
+        together = sorted(i for s in shards for i in s[step * per_rank : (step + 1) * per_rank])
+        assert together == sorted(one[step * bs : (step + 1) * bs]), step
+
+
 def test_each_epoch_reshuffles():
     a = EpochShard(n=50, rank=0, world_size=2, seed=1, epoch=0)()
     b = EpochShard(n=50, rank=0, world_size=2, seed=1, epoch=1)()
@@ -177,7 +196,7 @@ def test_data_parallel_fits_to_the_weights_of_a_plain_fit(tiny, tmp_path):
         torch.manual_seed(0)
         learn = build_learner(ordered, recipe)
         with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(2, 1e-3, cbs=cbs)
+            learn.fit_one_cycle(1, 1e-3, cbs=cbs)
         return learn
 
     plain = fit([])

@@ -1,6 +1,10 @@
 """Which rows each rank trains and validates on: a disjoint shard of every epoch's permutation for
 training (all ranks draw the same permutation from (seed, stage, epoch), no broadcast needed, padded so
-every rank runs as many batches: DDP hangs otherwise), and a contiguous slice for validation."""
+every rank runs as many batches: DDP hangs otherwise), and a contiguous slice for validation.
+
+Rank r takes every N-th image of the permutation from the r-th, so at step k the N ranks' batches of
+bs/N hold exactly the images of one process's step k at batch bs: N workers train on one process's
+batches, and, dropping the last partial global batch as fastai does, take as many steps."""
 
 from __future__ import annotations
 
@@ -22,20 +26,29 @@ class EpochShard:
     seed: int
     stage: int = 0
     epoch: int = 0
+    full_batches_of: int | None = None  # drop_last: this rank's batch; only the full global batches are kept
 
     @property
     def shard_len(self) -> int:
+        """Indices this rank takes per epoch: its padded stride of the permutation, or with
+        `full_batches_of` b, b for each full global batch (b x world_size) of one process's epoch."""
+        if self.full_batches_of is not None:
+            return self.n // (self.full_batches_of * self.world_size) * self.full_batches_of
         return -(-self.n // self.world_size)
 
     def __call__(self) -> list[int]:
         perm = np.random.default_rng((self.seed, self.stage, self.epoch)).permutation(self.n)
-        padded = np.resize(perm, self.shard_len * self.world_size)  # repeats the start to pad
-        return padded[self.rank :: self.world_size].tolist()
+        stride = -(-self.n // self.world_size)
+        padded = np.resize(perm, stride * self.world_size)  # repeats the start to pad
+        return padded[self.rank :: self.world_size][: self.shard_len].tolist()
 
 
 def sharded_train_dl(dl: TfmdDL, rank: int, world_size: int, seed: int) -> TfmdDL:
     """A copy of fastai's training DataLoader that iterates only this rank's shard."""
-    shard = EpochShard(n=len(dl.dataset), rank=rank, world_size=world_size, seed=seed)
+    # the last partial global batch is dropped as one process drops it (not each rank's last partial batch,
+    # which with a padded stride can add a step: 127 images at bs 16 are 7 steps, 4 strides of 32 are 8)
+    full = dl.bs if dl.drop_last else None
+    shard = EpochShard(n=len(dl.dataset), rank=rank, world_size=world_size, seed=seed, full_batches_of=full)
     return dl.new(
         get_idxs=shard,
         n=shard.shard_len,
