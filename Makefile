@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv with pip on
+# Two commands on a fresh machine: `make demo` and `make test` (which lists its 25 slowest tests). Each creates .venv with pip on
 # first use (reused afterwards while pyproject.toml is unchanged) and installs the project into it.
 SHELL := /bin/bash
 VENV ?= .venv
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vehicle-ray demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
