@@ -4,8 +4,9 @@ Train CPU workers (gloo), same recipe, same seeds, on a real image set (digits_t
 The recipe's `bs` is the global batch, so every side trains with the same batch and the same number of
 optimizer steps, and BatchNorm takes its statistics over that global batch on every worker (with
 --no-sync-bn over each worker's bs/N images, DDP's default); what differs is the order of the data
-(each rank draws its own shard) and the random draws of the augmentation. Prints the holdout accuracy per seed and side, the
-means, each side's difference from plain fastai's mean, and a Markdown table for BENCHMARKS.md.
+(each rank draws its own shard) and the random draws of the augmentation. Prints the holdout
+accuracy per seed and side, the means, each side's difference from plain fastai's mean, and a Markdown
+table for BENCHMARKS.md.
 
 Each training's result is kept in OUT_DIR/results/ and not run again, and the table reads them from
 there: on a busy machine, run one process per seed into the same OUT_DIR, then once more with all the

@@ -3,7 +3,8 @@ normalise with the mean and variance of all N shards of the batch, as one proces
 batch, so a recipe trains the same function at any worker count.
 
 Without it (DDP's default) every rank normalises with its own bs/N images: "ghost" batches, a known
-regulariser, so another training than the recipe's, more so as per-worker batches get small. PyTorch's own SyncBatchNorm runs only on CUDA (its statistics kernels), and training here runs on
+regulariser, so another training than the recipe's, more so as per-worker batches get small. PyTorch's
+own SyncBatchNorm runs only on CUDA (its statistics kernels), and training here runs on
 gloo/CPU too: these layers do the same with two autograd-aware all-reduces per layer (the batch sums
 forward, their gradients backward), on any backend.
 
