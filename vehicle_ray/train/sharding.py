@@ -29,17 +29,21 @@ class EpochShard:
     full_batches_of: int | None = None  # drop_last: this rank's batch; only the full global batches are kept
 
     @property
+    def stride_len(self) -> int:
+        """Length of each rank's stride of the permutation, padded to be the same on every rank."""
+        return -(-self.n // self.world_size)
+
+    @property
     def shard_len(self) -> int:
-        """Indices this rank takes per epoch: its padded stride of the permutation, or with
-        `full_batches_of` b, b for each full global batch (b x world_size) of one process's epoch."""
+        """Indices this rank takes per epoch: its padded stride, or with `full_batches_of` b, b for each
+        full global batch (b x world_size) of one process's epoch."""
         if self.full_batches_of is not None:
             return self.n // (self.full_batches_of * self.world_size) * self.full_batches_of
-        return -(-self.n // self.world_size)
+        return self.stride_len
 
     def __call__(self) -> list[int]:
         perm = np.random.default_rng((self.seed, self.stage, self.epoch)).permutation(self.n)
-        stride = -(-self.n // self.world_size)
-        padded = np.resize(perm, stride * self.world_size)  # repeats the start to pad
+        padded = np.resize(perm, self.stride_len * self.world_size)  # repeats the start to pad
         return padded[self.rank :: self.world_size][: self.shard_len].tolist()
 
 
